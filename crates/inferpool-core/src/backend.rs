@@ -1,0 +1,47 @@
+//! The seams between the pool and a model runtime.
+
+use crate::BackendError;
+
+/// One text after tokenization. Its length is what the batch policy reasons about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenizedText {
+  /// Token ids, special tokens included, already truncated to the model's maximum length.
+  pub ids: Vec<u32>,
+  /// Token type (segment) ids, one per token.
+  pub type_ids: Vec<u32>,
+}
+
+impl TokenizedText {
+  /// Number of tokens.
+  #[must_use]
+  pub fn len(&self) -> usize {
+    self.ids.len()
+  }
+
+  /// Whether there are no tokens at all.
+  #[must_use]
+  pub fn is_empty(&self) -> bool {
+    self.ids.is_empty()
+  }
+}
+
+/// Turns texts into token ids. Shared by every caller, so it must be `Sync`.
+pub trait Tokenize: Send + Sync + 'static {
+  /// Encodes `texts`, one [`TokenizedText`] per text, in order.
+  fn encode(&self, texts: &[String]) -> Result<Vec<TokenizedText>, BackendError>;
+}
+
+/// Runs batches for one worker. Each worker thread owns its backend (ONNX Runtime sessions
+/// take `&mut self` to run), so it only needs to be `Send`.
+pub trait Backend: Send + 'static {
+  /// Width of one output row.
+  fn dimension(&self) -> usize;
+
+  /// Runs one batch. On success `out` (of length `batch.len() * dimension()`) holds one row per
+  /// item, in batch order.
+  fn run(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<(), BackendError>;
+}
+
+/// Builds the backend of worker `index` on that worker's own thread (so that thread-affine
+/// runtimes are created where they run).
+pub type BackendFactory = Box<dyn Fn(usize) -> Result<Box<dyn Backend>, BackendError> + Send + Sync>;

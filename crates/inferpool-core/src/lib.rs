@@ -1,0 +1,25 @@
+//! inferpool-core: the part of inferpool that knows neither Node.js nor ONNX Runtime.
+//!
+//! It owns the request bookkeeping (every accepted item completes exactly once, results are
+//! placed by index), the shared queue, the batch policy and the worker threads. Models are
+//! reached through two seams:
+//!
+//! * [`Tokenize`]: turns texts into token ids before they are queued, so that every queued item
+//!   has a known length and batches can be cut by padded-token cost;
+//! * [`Backend`]: runs one batch on one worker's device and returns one row per item.
+//!
+//! Tests and the simulation run the real pool against [`sim::SimBackend`], so nothing here needs
+//! ONNX Runtime or a GPU.
+
+mod backend;
+mod batch;
+mod error;
+mod pool;
+mod request;
+pub mod sim;
+
+pub use backend::{Backend, BackendFactory, Tokenize, TokenizedText};
+pub use batch::BatchPolicy;
+pub use error::{BackendError, BackendErrorKind, PoolError};
+pub use pool::{CloseMode, Pool, PoolConfig, PoolStats};
+pub use request::Reply;
