@@ -5,6 +5,10 @@
 pub enum BackendErrorKind {
   /// The input cannot be processed (bad text, too long, …). Retrying does not help.
   InvalidInput,
+  /// The model runtime (e.g. the ONNX Runtime library) could not be loaded.
+  Runtime,
+  /// No model exists where one was asked for.
+  ModelNotFound,
   /// The model could not be loaded or does not fit the expected shape.
   Model,
   /// The device could not be used.

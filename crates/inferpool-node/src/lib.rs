@@ -1,0 +1,169 @@
+//! Node.js binding of inferpool: `#[napi]` types, conversion and error mapping only.
+//!
+//! Errors cross into JavaScript with their code as a prefix of the message (`CODE: message`);
+//! the TypeScript layer turns them into `PoolError` with that `code`.
+
+use std::{path::PathBuf, sync::Arc};
+
+use inferpool_core::{BackendError, BackendErrorKind, BatchPolicy, CloseMode, Pool, PoolConfig, PoolError};
+use inferpool_ort::{Device, EmbeddingModel, ModelFiles, Pooling, SessionOptions, backend_factory, init_runtime};
+use napi::bindgen_prelude::{Float32Array, Result};
+use napi_derive::napi;
+
+fn coded(code: &str, message: impl std::fmt::Display) -> napi::Error {
+  napi::Error::from_reason(format!("{code}: {message}"))
+}
+
+fn backend_error(error: &BackendError) -> napi::Error {
+  let code = match error.kind {
+    BackendErrorKind::InvalidInput => "INVALID_INPUT",
+    BackendErrorKind::Runtime => "ORT_LOAD_FAILED",
+    BackendErrorKind::ModelNotFound => "MODEL_NOT_FOUND",
+    BackendErrorKind::Model => "MODEL_INVALID",
+    BackendErrorKind::Device => "DEVICE_UNAVAILABLE",
+    BackendErrorKind::Run => "INFERENCE_FAILED",
+    BackendErrorKind::Panic => "INTERNAL",
+  };
+  coded(code, &error.message)
+}
+
+fn pool_error(error: &PoolError) -> napi::Error {
+  match error {
+    PoolError::InvalidInput(message) => coded("INVALID_INPUT", message),
+    PoolError::Closed => coded("POOL_CLOSED", "the pool is closed"),
+    PoolError::Backend(error) => backend_error(error),
+  }
+}
+
+fn join_error(error: &tokio::task::JoinError) -> napi::Error {
+  coded("INTERNAL", format!("a pool task failed: {error}"))
+}
+
+/// What was loaded by `initRuntime`.
+#[napi(object)]
+#[derive(Debug)]
+pub struct BindingRuntimeInfo {
+  /// Absolute path of the ONNX Runtime library.
+  pub path: String,
+  /// Its version, e.g. `1.29.0`.
+  pub version: String,
+}
+
+/// Loads ONNX Runtime from an absolute path (once per process).
+#[napi]
+pub fn init_runtime_library(path: String) -> Result<BindingRuntimeInfo> {
+  let info = init_runtime(&PathBuf::from(path)).map_err(|e| backend_error(&e))?;
+  Ok(BindingRuntimeInfo { path: info.path.to_string_lossy().into_owned(), version: info.version })
+}
+
+/// Options of `createPool`, already validated and resolved by the TypeScript layer.
+#[napi(object)]
+#[derive(Debug)]
+pub struct BindingPoolOptions {
+  /// A model folder or ONNX file.
+  pub model_path: String,
+  /// `cpu` or `cuda:N`, one entry per worker.
+  pub devices: Vec<String>,
+  /// ONNX Runtime intra-op threads per session.
+  pub intra_op_threads: u32,
+  /// Most items in one batch.
+  pub max_batch_size: u32,
+  /// Most padded tokens in one batch.
+  pub max_batch_tokens: u32,
+  /// `mean` or `cls`.
+  pub pooling: String,
+  /// Scale results to unit length.
+  pub normalize: bool,
+  /// Override of the model's maximum sequence length.
+  pub max_length: Option<u32>,
+}
+
+/// A running pool.
+#[napi]
+#[derive(Debug)]
+pub struct BindingPool {
+  inner: Arc<Pool>,
+  max_length: u32,
+}
+
+/// Loads the model's tokenizer, starts one worker per device entry and waits until every
+/// session is ready.
+#[napi]
+pub async fn create_pool(options: BindingPoolOptions) -> Result<BindingPool> {
+  let pooling: Pooling = options.pooling.parse().map_err(|e| coded("INVALID_INPUT", e))?;
+  let devices = options
+    .devices
+    .iter()
+    .map(|d| d.parse::<Device>().map_err(|e| coded("INVALID_INPUT", e)))
+    .collect::<Result<Vec<_>>>()?;
+  if devices.is_empty() {
+    return Err(coded("INVALID_INPUT", "at least one worker is needed"));
+  }
+  let built = tokio::task::spawn_blocking(move || -> std::result::Result<(Pool, usize), BackendError> {
+    let files = ModelFiles::resolve(&PathBuf::from(&options.model_path))?;
+    let model = Arc::new(EmbeddingModel::load(files, options.max_length.map(|n| n as usize))?);
+    let max_length = model.max_length;
+    let session = SessionOptions { intra_threads: options.intra_op_threads as usize, pooling, normalize: options.normalize };
+    let config = PoolConfig {
+      workers: devices.len(),
+      policy: BatchPolicy {
+        max_batch_size: options.max_batch_size.max(1) as usize,
+        max_batch_tokens: options.max_batch_tokens.max(1) as usize,
+        ..BatchPolicy::default()
+      },
+    };
+    let factory = backend_factory(model.files.onnx.clone(), devices, session);
+    Ok((Pool::new(&config, model, factory)?, max_length))
+  })
+  .await
+  .map_err(|e| join_error(&e))?;
+  let (pool, max_length) = built.map_err(|e| backend_error(&e))?;
+  Ok(BindingPool { inner: Arc::new(pool), max_length: u32::try_from(max_length).unwrap_or(u32::MAX) })
+}
+
+#[napi]
+impl BindingPool {
+  /// Width of every embedding.
+  #[napi(getter)]
+  pub fn dimension(&self) -> u32 {
+    u32::try_from(self.inner.dimension()).unwrap_or(u32::MAX)
+  }
+
+  /// Longest token sequence fed to the model; longer texts are truncated.
+  #[napi(getter)]
+  pub fn max_length(&self) -> u32 {
+    self.max_length
+  }
+
+  /// Embeds `texts`; resolves with `texts.length × dimension` values, row `i` for text `i`.
+  #[napi]
+  pub async fn embed(&self, texts: Vec<String>) -> Result<Float32Array> {
+    let pool = Arc::clone(&self.inner);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Tokenization runs inside `submit`: keep it on a blocking thread, off the event loop and
+    // off the runtime's async workers.
+    tokio::task::spawn_blocking(move || {
+      pool.submit(
+        &texts,
+        Box::new(move |result| {
+          // The receiver is gone only when the caller's future was dropped; nothing to tell.
+          let _ = tx.send(result);
+        }),
+      )
+    })
+    .await
+    .map_err(|e| join_error(&e))?
+    .map_err(|e| pool_error(&e))?;
+    let values = rx.await.map_err(|_| coded("INTERNAL", "a request was dropped without an answer"))?;
+    values.map(Float32Array::new).map_err(|e| pool_error(&e))
+  }
+
+  /// Stops the pool: `drain` runs what is queued first, otherwise queued items fail with
+  /// `POOL_CLOSED`. Resolves once every worker thread has exited.
+  #[napi]
+  pub async fn close(&self, drain: bool) -> Result<()> {
+    let pool = Arc::clone(&self.inner);
+    let mode = if drain { CloseMode::Drain } else { CloseMode::Cancel };
+    tokio::task::spawn_blocking(move || pool.close(mode)).await.map_err(|e| join_error(&e))
+  }
+}

@@ -1,0 +1,19 @@
+//! inferpool-ort: the ONNX Runtime side of inferpool.
+//!
+//! * [`runtime`]: loads `libonnxruntime` from an absolute path once per process (the `ort` crate's
+//!   `load-dynamic` mode) and reports its version.
+//! * [`model`]: finds the files of a Hugging Face style model folder, reads its tokenizer and
+//!   decides the maximum sequence length.
+//! * [`backend`]: one ONNX Runtime session per worker, pooling and normalisation; implements the
+//!   core's [`inferpool_core::Backend`].
+//! * [`pooling`]: mean / CLS pooling and L2 normalisation, free of ONNX Runtime.
+
+pub mod backend;
+pub mod model;
+pub mod pooling;
+pub mod runtime;
+
+pub use backend::{Device, SessionOptions, backend_factory};
+pub use model::{EmbeddingModel, ModelFiles};
+pub use pooling::Pooling;
+pub use runtime::{RuntimeInfo, init_runtime};

@@ -1,0 +1,235 @@
+//! One ONNX Runtime session per worker.
+//!
+//! The session is created on the worker's own thread ([`backend_factory`]). Its inputs must be
+//! `input_ids` and `attention_mask`, optionally `token_type_ids`; its token-level output is
+//! `last_hidden_state` (or `token_embeddings`, or the first rank-3 output). A batch is padded to
+//! its longest item; pooling only reads the real tokens of each row.
+
+use std::{borrow::Cow, path::PathBuf, sync::Arc};
+
+use inferpool_core::{Backend, BackendError, BackendErrorKind, BackendFactory, TokenizedText};
+use ort::{
+  ep,
+  session::{Session, SessionInputValue, builder::GraphOptimizationLevel},
+  value::Tensor,
+};
+
+use crate::{
+  pooling::{Pooling, normalize, pool_into},
+  runtime::environment,
+};
+
+/// Where a worker runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+  /// The CPU execution provider.
+  Cpu,
+  /// The CUDA execution provider on this device id.
+  Cuda(i32),
+}
+
+impl std::str::FromStr for Device {
+  type Err = String;
+  fn from_str(s: &str) -> Result<Self, Self::Err> {
+    match s {
+      "cpu" => Ok(Self::Cpu),
+      "cuda" => Ok(Self::Cuda(0)),
+      _ => s
+        .strip_prefix("cuda:")
+        .and_then(|id| id.parse::<i32>().ok())
+        .filter(|id| *id >= 0)
+        .map(Self::Cuda)
+        .ok_or_else(|| format!("unknown device {s:?}: expected \"cpu\" or \"cuda:N\"")),
+    }
+  }
+}
+
+impl std::fmt::Display for Device {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    match self {
+      Self::Cpu => f.write_str("cpu"),
+      Self::Cuda(id) => write!(f, "cuda:{id}"),
+    }
+  }
+}
+
+/// How each session is built and how its output is reduced.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+  /// ONNX Runtime intra-op threads per session.
+  pub intra_threads: usize,
+  /// Token states → one vector.
+  pub pooling: Pooling,
+  /// Scale every result to unit length.
+  pub normalize: bool,
+}
+
+/// A session on one device, ready to run batches.
+pub struct OrtBackend {
+  session: Session,
+  device: Device,
+  feeds_token_type_ids: bool,
+  output: String,
+  hidden: usize,
+  options: SessionOptions,
+}
+
+impl std::fmt::Debug for OrtBackend {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.debug_struct("OrtBackend").field("device", &self.device).field("hidden", &self.hidden).finish_non_exhaustive()
+  }
+}
+
+fn model_error(message: impl Into<String>) -> BackendError {
+  BackendError::new(BackendErrorKind::Model, message)
+}
+
+fn run_error(message: impl Into<String>) -> BackendError {
+  BackendError::new(BackendErrorKind::Run, message)
+}
+
+const INPUT_IDS: &str = "input_ids";
+const ATTENTION_MASK: &str = "attention_mask";
+const TOKEN_TYPE_IDS: &str = "token_type_ids";
+
+impl OrtBackend {
+  /// Creates the session for `onnx` on `device`.
+  pub fn new(onnx: &std::path::Path, device: Device, options: SessionOptions) -> Result<Self, BackendError> {
+    let env = environment()?;
+    let builder_error = |e: ort::Error<_>| model_error(format!("cannot configure a session: {e}"));
+    let mut builder = Session::builder(env)
+      .map_err(|e| model_error(format!("cannot create a session builder: {e}")))?
+      .with_optimization_level(GraphOptimizationLevel::All)
+      .map_err(builder_error)?
+      .with_intra_threads(options.intra_threads.max(1))
+      .map_err(builder_error)?
+      .with_inter_threads(1)
+      .map_err(builder_error)?
+      .with_intra_op_spinning(false)
+      .map_err(builder_error)?
+      .with_inter_op_spinning(false)
+      .map_err(builder_error)?;
+    if let Device::Cuda(id) = device {
+      builder = builder.with_execution_providers([ep::CUDA::default().with_device_id(id).build().error_on_failure()]).map_err(
+        |e| BackendError::new(BackendErrorKind::Device, format!("cannot use {device}: the CUDA execution provider failed: {e}")),
+      )?;
+    }
+    let session = builder.commit_from_file(onnx).map_err(|e| {
+      let kind = if matches!(device, Device::Cuda(_)) && e.to_string().contains("CUDA") {
+        BackendErrorKind::Device
+      } else {
+        BackendErrorKind::Model
+      };
+      BackendError::new(kind, format!("cannot load {} on {device}: {e}", onnx.display()))
+    })?;
+
+    let names: Vec<&str> = session.inputs().iter().map(ort::value::Outlet::name).collect();
+    for required in [INPUT_IDS, ATTENTION_MASK] {
+      if !names.contains(&required) {
+        return Err(model_error(format!(
+          "{} has inputs {names:?}; an embedding model needs {INPUT_IDS:?} and {ATTENTION_MASK:?} (and optionally {TOKEN_TYPE_IDS:?})",
+          onnx.display()
+        )));
+      }
+    }
+    if let Some(extra) = names.iter().find(|n| ![INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS].contains(n)) {
+      return Err(model_error(format!(
+        "{} has an input {extra:?} that inferpool cannot feed (it feeds {INPUT_IDS:?}, {ATTENTION_MASK:?}, {TOKEN_TYPE_IDS:?})",
+        onnx.display()
+      )));
+    }
+    let feeds_token_type_ids = names.contains(&TOKEN_TYPE_IDS);
+
+    let rank3 = |o: &&ort::value::Outlet| o.dtype().tensor_shape().is_some_and(|s| s.len() == 3);
+    let outputs = session.outputs();
+    let output = outputs
+      .iter()
+      .find(|o| o.name() == "last_hidden_state" || o.name() == "token_embeddings")
+      .filter(rank3)
+      .or_else(|| outputs.iter().find(rank3))
+      .ok_or_else(|| {
+        let names: Vec<&str> = outputs.iter().map(ort::value::Outlet::name).collect();
+        model_error(format!("{} has no token-level output of rank 3 (outputs: {names:?})", onnx.display()))
+      })?;
+    let output_name = output.name().to_owned();
+    let declared_hidden = output.dtype().tensor_shape().and_then(|s| usize::try_from(s[2]).ok()).filter(|&h| h > 0);
+
+    let mut backend = Self { session, device, feeds_token_type_ids, output: output_name, hidden: 0, options };
+    backend.hidden = match declared_hidden {
+      Some(h) => h,
+      None => {
+        // The hidden size is symbolic: learn it from one tiny run.
+        let probe = TokenizedText { ids: vec![0], type_ids: vec![0] };
+        backend.forward(&[&probe])?.1
+      }
+    };
+    Ok(backend)
+  }
+
+  /// Runs the batch; returns the token states, the hidden size and the padded length.
+  fn forward(&mut self, batch: &[&TokenizedText]) -> Result<(Vec<f32>, usize, usize), BackendError> {
+    let rows = batch.len();
+    let seq = batch.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
+    let mut ids = vec![0_i64; rows * seq];
+    let mut mask = vec![0_i64; rows * seq];
+    let mut types = vec![0_i64; rows * seq];
+    for (r, item) in batch.iter().enumerate() {
+      let base = r * seq;
+      for (j, (&id, &ty)) in item.ids.iter().zip(&item.type_ids).enumerate() {
+        ids[base + j] = i64::from(id);
+        types[base + j] = i64::from(ty);
+        mask[base + j] = 1;
+      }
+    }
+    let shape = [rows as i64, seq as i64];
+    let tensor = |data: Vec<i64>| -> Result<SessionInputValue<'static>, BackendError> {
+      Tensor::from_array((shape, data)).map(Into::into).map_err(|e| run_error(format!("cannot create an input tensor: {e}")))
+    };
+    let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> =
+      vec![(INPUT_IDS.into(), tensor(ids)?), (ATTENTION_MASK.into(), tensor(mask)?)];
+    if self.feeds_token_type_ids {
+      inputs.push((TOKEN_TYPE_IDS.into(), tensor(types)?));
+    }
+    let device = self.device;
+    let outputs = self.session.run(inputs).map_err(|e| run_error(format!("inference on {device} failed: {e}")))?;
+    let value = outputs.get(self.output.as_str()).ok_or_else(|| run_error(format!("the model produced no {:?}", self.output)))?;
+    let (out_shape, data) =
+      value.try_extract_tensor::<f32>().map_err(|e| run_error(format!("output {:?} is not a float tensor: {e}", self.output)))?;
+    let dims: &[i64] = out_shape;
+    if dims.len() != 3 || dims[0] != shape[0] || dims[1] != shape[1] || dims[2] <= 0 {
+      return Err(run_error(format!("output {:?} has shape {dims:?}, expected [{rows}, {seq}, hidden]", self.output)));
+    }
+    let hidden = usize::try_from(dims[2]).expect("checked positive above");
+    Ok((data.to_vec(), hidden, seq))
+  }
+}
+
+impl Backend for OrtBackend {
+  fn dimension(&self) -> usize {
+    self.hidden
+  }
+
+  fn run(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<(), BackendError> {
+    let (states, hidden, seq) = self.forward(batch)?;
+    if hidden != self.hidden {
+      return Err(run_error(format!("the model returned {hidden} values per token, expected {}", self.hidden)));
+    }
+    for ((item, row), token_states) in batch.iter().zip(out.chunks_exact_mut(hidden)).zip(states.chunks_exact(seq * hidden)) {
+      pool_into(self.options.pooling, token_states, hidden, item.len(), row);
+      if self.options.normalize {
+        normalize(row);
+      }
+    }
+    Ok(())
+  }
+}
+
+/// A factory that gives worker `i` a session on `devices[i]`.
+#[must_use]
+pub fn backend_factory(onnx: PathBuf, devices: Vec<Device>, options: SessionOptions) -> BackendFactory {
+  let devices = Arc::new(devices);
+  Box::new(move |index| {
+    let device = devices.get(index).copied().unwrap_or(Device::Cpu);
+    OrtBackend::new(&onnx, device, options.clone()).map(|b| Box::new(b) as Box<dyn Backend>)
+  })
+}

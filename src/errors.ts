@@ -1,0 +1,64 @@
+/**
+ * Every error inferpool raises is a {@link PoolError} with one of these codes.
+ *
+ * - `INVALID_INPUT`: an argument or option is malformed (not an array, not a string, unknown
+ *   device, bad number).
+ * - `MODEL_NOT_FOUND`: no model at the given path (or no ONNX file in the folder).
+ * - `MODEL_INVALID`: the model's files exist but cannot be used (corrupt ONNX, unreadable
+ *   tokenizer, inputs or outputs that do not fit an embedding model).
+ * - `MODEL_FETCH_FAILED`: the default model could not be fetched or failed its integrity check.
+ * - `ORT_LOAD_FAILED`: the ONNX Runtime library is missing, unloadable or too old.
+ * - `DEVICE_UNAVAILABLE`: a device was asked for that cannot run the model (e.g. `cuda:0`
+ *   without a working CUDA provider).
+ * - `INFERENCE_FAILED`: ONNX Runtime failed on a batch.
+ * - `POOL_CLOSED`: the pool was closed before the call, or while it waited (`close({ drain: false })`).
+ * - `INTERNAL`: a bug inside inferpool (a caught panic, a lost task); please report it.
+ */
+export type PoolErrorCode =
+  | 'INVALID_INPUT'
+  | 'MODEL_NOT_FOUND'
+  | 'MODEL_INVALID'
+  | 'MODEL_FETCH_FAILED'
+  | 'ORT_LOAD_FAILED'
+  | 'DEVICE_UNAVAILABLE'
+  | 'INFERENCE_FAILED'
+  | 'POOL_CLOSED'
+  | 'INTERNAL'
+
+const CODES: ReadonlySet<string> = new Set<PoolErrorCode>([
+  'INVALID_INPUT',
+  'MODEL_NOT_FOUND',
+  'MODEL_INVALID',
+  'MODEL_FETCH_FAILED',
+  'ORT_LOAD_FAILED',
+  'DEVICE_UNAVAILABLE',
+  'INFERENCE_FAILED',
+  'POOL_CLOSED',
+  'INTERNAL',
+])
+
+/** The one error type of inferpool; `code` says what went wrong. */
+export class PoolError extends Error {
+  /** Machine-readable reason, see {@link PoolErrorCode}. */
+  readonly code: PoolErrorCode
+
+  constructor(code: PoolErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.name = 'PoolError'
+    this.code = code
+  }
+}
+
+/**
+ * Turns an error thrown by the native binding (`CODE: message`) into a {@link PoolError}.
+ * Anything else becomes `INTERNAL`.
+ */
+export function fromNative(error: unknown): PoolError {
+  if (error instanceof PoolError) return error
+  const message = error instanceof Error ? error.message : String(error)
+  const match = /^([A-Z_]+): ([\s\S]*)$/.exec(message)
+  if (match && CODES.has(match[1])) {
+    return new PoolError(match[1] as PoolErrorCode, match[2], { cause: error })
+  }
+  return new PoolError('INTERNAL', message, { cause: error })
+}

@@ -1,0 +1,5 @@
+export { Pool, type PoolOptions, type Pooling } from './pool.js'
+export { PoolError, type PoolErrorCode } from './errors.js'
+export { DEFAULT_MODEL, defaultCacheDir, ensureDefaultModel } from './model.js'
+export { type RuntimeInfo, bundledLibraryPath, resolveLibraryPath } from './runtime.js'
+export { chunkText, type ChunkOptions } from './chunk.js'

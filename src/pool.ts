@@ -1,0 +1,224 @@
+import { availableParallelism } from 'node:os'
+import { resolve } from 'node:path'
+
+import type { BindingPool } from './binding.cjs'
+import { PoolError, fromNative } from './errors.js'
+import { defaultCacheDir, ensureDefaultModel } from './model.js'
+import { native } from './native.js'
+import { type RuntimeInfo, initRuntime } from './runtime.js'
+
+/** How token states become one vector per text. */
+export type Pooling = 'mean' | 'cls'
+
+/** Options of {@link Pool.create}. Every field is optional. */
+export interface PoolOptions {
+  /**
+   * `'default'` (or omitted) for the built-in all-MiniLM-L6-v2, or a path to a Hugging Face
+   * style folder (`tokenizer.json`, `config.json`, `model.onnx` or `onnx/*.onnx`) or to an
+   * `.onnx` file inside one.
+   */
+  model?: string
+  /** Devices to run on: `'cpu'` and/or `'cuda:N'`. Default `['cpu']`. */
+  devices?: string[]
+  /**
+   * Worker threads on the CPU, each with its own ONNX Runtime session. Default: the number of
+   * cores, at most 4.
+   */
+  cpuWorkers?: number
+  /** ONNX Runtime intra-op threads per session. Default: cores ÷ CPU workers (at least 1). */
+  intraOpThreads?: number
+  /** Most texts in one batch. Default 64. */
+  maxBatchSize?: number
+  /** Most padded tokens (longest text × texts) in one batch. Default 16384. */
+  maxBatchTokens?: number
+  /** `'mean'` over real tokens (default) or `'cls'` (first token). */
+  pooling?: Pooling
+  /** Scale every embedding to unit length. Default `true`. */
+  normalize?: boolean
+  /**
+   * Longest token sequence fed to the model; longer texts are truncated. Default: the model's
+   * own (the truncation in `tokenizer.json`, else `model_max_length`, capped by
+   * `max_position_embeddings`).
+   */
+  maxLength?: number
+  /**
+   * Absolute path of the ONNX Runtime library. Default: `ORT_DYLIB_PATH`, else the library in
+   * the `onnxruntime-node` package.
+   */
+  ortLibraryPath?: string
+  /** Where the default model is cached. Default: `INFERPOOL_CACHE_DIR` or the user cache folder. */
+  cacheDir?: string
+}
+
+function positiveInt(name: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > 2 ** 31 - 1) {
+    throw new PoolError('INVALID_INPUT', `${name} must be a positive integer, got ${String(value)}`)
+  }
+  return value
+}
+
+const DEVICE = /^(cpu|cuda(:\d+)?)$/
+
+function workerDevices(devices: unknown, cpuWorkers: number): string[] {
+  const list = devices ?? ['cpu']
+  if (!Array.isArray(list) || list.length === 0) {
+    throw new PoolError('INVALID_INPUT', 'devices must be a non-empty array such as ["cpu"] or ["cuda:0", "cpu"]')
+  }
+  const workers: string[] = []
+  for (const device of list) {
+    if (typeof device !== 'string' || !DEVICE.test(device)) {
+      throw new PoolError('INVALID_INPUT', `unknown device ${JSON.stringify(device)}: expected "cpu" or "cuda:N"`)
+    }
+    if (device === 'cpu') workers.push(...Array<string>(cpuWorkers).fill('cpu'))
+    else workers.push(device === 'cuda' ? 'cuda:0' : device)
+  }
+  return workers
+}
+
+const asyncDispose: typeof Symbol.asyncDispose =
+  Symbol.asyncDispose ?? (Symbol.for('nodejs.asyncDispose') as typeof Symbol.asyncDispose)
+
+/**
+ * A pool of Rust worker threads that tokenizes, batches across every caller, runs ONNX Runtime
+ * and returns embeddings without blocking the event loop.
+ *
+ * ```ts
+ * const pool = await Pool.create()
+ * const [a, b] = await pool.embed(['A man is eating food.', 'A man is eating a piece of bread.'])
+ * await pool.close()
+ * ```
+ */
+export class Pool {
+  readonly #native: BindingPool
+  #closed = false
+  #closing: Promise<void> | undefined
+
+  /** Width of every embedding (384 for the default model). */
+  readonly dimension: number
+  /** Longest token sequence fed to the model; longer texts are truncated. */
+  readonly maxLength: number
+  /** Path of the model's ONNX file or folder in use. */
+  readonly modelPath: string
+  /** The ONNX Runtime library in use. */
+  readonly runtime: RuntimeInfo
+
+  private constructor(binding: BindingPool, modelPath: string, runtime: RuntimeInfo) {
+    this.#native = binding
+    this.dimension = binding.dimension
+    this.maxLength = binding.maxLength
+    this.modelPath = modelPath
+    this.runtime = runtime
+  }
+
+  /**
+   * Loads ONNX Runtime and the model and starts the workers; resolves once every session is
+   * ready.
+   *
+   * @throws {PoolError} `INVALID_INPUT`, `MODEL_NOT_FOUND`, `MODEL_INVALID`,
+   * `MODEL_FETCH_FAILED`, `ORT_LOAD_FAILED`, `DEVICE_UNAVAILABLE`.
+   */
+  static async create(options: PoolOptions = {}): Promise<Pool> {
+    if (options === null || typeof options !== 'object') {
+      throw new PoolError('INVALID_INPUT', 'options must be an object')
+    }
+    const cores = availableParallelism()
+    const cpuWorkers = positiveInt('cpuWorkers', options.cpuWorkers, Math.min(cores, 4))
+    const devices = workerDevices(options.devices, cpuWorkers)
+    const intraOpThreads = positiveInt('intraOpThreads', options.intraOpThreads, Math.max(1, Math.floor(cores / cpuWorkers)))
+    const maxBatchSize = positiveInt('maxBatchSize', options.maxBatchSize, 64)
+    const maxBatchTokens = positiveInt('maxBatchTokens', options.maxBatchTokens, 16384)
+    const maxLength = options.maxLength === undefined ? undefined : positiveInt('maxLength', options.maxLength, 0)
+    const pooling = options.pooling ?? 'mean'
+    if (pooling !== 'mean' && pooling !== 'cls') {
+      throw new PoolError('INVALID_INPUT', `pooling must be "mean" or "cls", got ${JSON.stringify(pooling)}`)
+    }
+    const normalize = options.normalize ?? true
+    if (typeof normalize !== 'boolean') throw new PoolError('INVALID_INPUT', 'normalize must be a boolean')
+    const model = options.model ?? 'default'
+    if (typeof model !== 'string' || model.length === 0) {
+      throw new PoolError('INVALID_INPUT', 'model must be "default" or a path')
+    }
+
+    const runtime = initRuntime(options.ortLibraryPath)
+    const modelPath =
+      model === 'default' ? await ensureDefaultModel(options.cacheDir ?? defaultCacheDir()) : resolve(model)
+    try {
+      const binding = await native().createPool({
+        modelPath,
+        devices,
+        intraOpThreads,
+        maxBatchSize,
+        maxBatchTokens,
+        pooling,
+        normalize,
+        maxLength,
+      })
+      return new Pool(binding, modelPath, runtime)
+    } catch (error) {
+      throw fromNative(error)
+    }
+  }
+
+  /** Whether {@link Pool.close} has been called. */
+  get closed(): boolean {
+    return this.#closed
+  }
+
+  /**
+   * Embeds `texts`. Calls from anywhere are batched together; tokenization and inference run on
+   * Rust threads. Resolves with one `Float32Array` per text, in input order (views into one
+   * buffer).
+   *
+   * @throws {PoolError} `INVALID_INPUT` when `texts` is not an array of strings, `POOL_CLOSED`
+   * after {@link Pool.close}, `INFERENCE_FAILED` when ONNX Runtime fails.
+   */
+  async embed(texts: readonly string[]): Promise<Float32Array[]> {
+    if (this.#closed) throw new PoolError('POOL_CLOSED', 'the pool is closed')
+    if (!Array.isArray(texts)) {
+      throw new PoolError('INVALID_INPUT', `texts must be an array of strings, got ${describe(texts)}`)
+    }
+    for (let i = 0; i < texts.length; i++) {
+      if (typeof texts[i] !== 'string') {
+        throw new PoolError('INVALID_INPUT', `texts[${i}] must be a string, got ${describe(texts[i])}`)
+      }
+    }
+    if (texts.length === 0) return []
+    let flat: Float32Array
+    try {
+      flat = await this.#native.embed(texts as string[])
+    } catch (error) {
+      throw fromNative(error)
+    }
+    const out = new Array<Float32Array>(texts.length)
+    const d = this.dimension
+    for (let i = 0; i < texts.length; i++) out[i] = flat.subarray(i * d, (i + 1) * d)
+    return out
+  }
+
+  /**
+   * Stops the pool. With `drain: true` (the default) every call already made completes first;
+   * with `drain: false` queued work fails with `POOL_CLOSED`. Resolves once every worker thread
+   * has exited. Calling it again returns the same promise.
+   */
+  close(options: { drain?: boolean } = {}): Promise<void> {
+    if (!this.#closing) {
+      this.#closed = true
+      this.#closing = this.#native.close(options.drain ?? true).catch((error: unknown) => {
+        throw fromNative(error)
+      })
+    }
+    return this.#closing
+  }
+
+  /** `await using pool = await Pool.create()` closes (draining) at the end of the scope. */
+  [asyncDispose](): Promise<void> {
+    return this.close()
+  }
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null'
+  if (Array.isArray(value)) return 'an array'
+  return typeof value
+}
