@@ -1,0 +1,4 @@
+import { join } from 'node:path'
+
+/** The generated tiny model (written by global-setup.ts). */
+export const TINY_BERT = join(import.meta.dirname, '.fixtures', 'tiny-bert')
