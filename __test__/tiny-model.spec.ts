@@ -34,7 +34,10 @@ describe('a generated BERT-shaped model', () => {
 
   beforeAll(async () => {
     pool = await Pool.create({ model: TINY_BERT, cpuWorkers: 2, maxBatchSize: 8 })
-    reference = await createReference(pool.modelPath.endsWith('.onnx') ? pool.modelPath : `${TINY_BERT}/onnx/model.onnx`, MAX_LENGTH)
+    reference = await createReference(
+      pool.modelPath.endsWith('.onnx') ? pool.modelPath : `${TINY_BERT}/onnx/model.onnx`,
+      MAX_LENGTH,
+    )
   })
   afterAll(async () => {
     await pool?.close()
@@ -73,9 +76,7 @@ describe('a generated BERT-shaped model', () => {
     const byText = new Map<string, Float32Array>()
     const singles = await pool.embed(distinct)
     distinct.forEach((t, i) => byText.set(t, singles[i]))
-    const calls = await Promise.all(
-      Array.from({ length: 50 }, (_, c) => pool.embed(texts.slice(c * 20, c * 20 + 20))),
-    )
+    const calls = await Promise.all(Array.from({ length: 50 }, (_, c) => pool.embed(texts.slice(c * 20, c * 20 + 20))))
     const results = calls.flat()
     expect(results).toHaveLength(1000)
     results.forEach((v, i) => expect(cosine(v, byText.get(texts[i])!)).toBeGreaterThan(0.99999))

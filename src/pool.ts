@@ -125,7 +125,11 @@ export class Pool {
     const cores = availableParallelism()
     const cpuWorkers = positiveInt('cpuWorkers', options.cpuWorkers, Math.min(cores, 4))
     const devices = workerDevices(options.devices, cpuWorkers)
-    const intraOpThreads = positiveInt('intraOpThreads', options.intraOpThreads, Math.max(1, Math.floor(cores / cpuWorkers)))
+    const intraOpThreads = positiveInt(
+      'intraOpThreads',
+      options.intraOpThreads,
+      Math.max(1, Math.floor(cores / cpuWorkers)),
+    )
     const maxBatchSize = positiveInt('maxBatchSize', options.maxBatchSize, 64)
     const maxBatchTokens = positiveInt('maxBatchTokens', options.maxBatchTokens, 16384)
     const maxLength = options.maxLength === undefined ? undefined : positiveInt('maxLength', options.maxLength, 0)
@@ -190,10 +194,8 @@ export class Pool {
     } catch (error) {
       throw fromNative(error)
     }
-    const out = new Array<Float32Array>(texts.length)
     const d = this.dimension
-    for (let i = 0; i < texts.length; i++) out[i] = flat.subarray(i * d, (i + 1) * d)
-    return out
+    return Array.from({ length: texts.length }, (_, i) => flat.subarray(i * d, (i + 1) * d))
   }
 
   /**

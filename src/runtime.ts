@@ -39,7 +39,12 @@ export function bundledLibraryPath(): string {
   }
   const dir = join(packageDir, 'bin', 'napi-v6', process.platform, process.arch)
   const pattern = LIBRARY_NAME[process.platform]
-  const found = pattern && existsSync(dir) ? readdirSync(dir).filter((f) => pattern.test(f)).sort() : []
+  const found =
+    pattern && existsSync(dir)
+      ? readdirSync(dir)
+          .filter((f) => pattern.test(f))
+          .sort()
+      : []
   if (found.length === 0) {
     throw new PoolError(
       'ORT_LOAD_FAILED',

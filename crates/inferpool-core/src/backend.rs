@@ -44,4 +44,5 @@ pub trait Backend: Send + 'static {
 
 /// Builds the backend of worker `index` on that worker's own thread (so that thread-affine
 /// runtimes are created where they run).
-pub type BackendFactory = Box<dyn Fn(usize) -> Result<Box<dyn Backend>, BackendError> + Send + Sync>;
+pub type BackendFactory =
+  Box<dyn Fn(usize) -> Result<Box<dyn Backend>, BackendError> + Send + Sync>;

@@ -65,7 +65,8 @@ impl BatchPolicy {
     // Window positions sorted by (length, age); `oldest` is where position 0 landed.
     let mut order: Vec<usize> = (0..window.len()).collect();
     order.sort_by_key(|&i| (window[i].input.len(), i));
-    let oldest = order.iter().position(|&i| i == 0).expect("position 0 is in the window. This is a bug.");
+    let oldest =
+      order.iter().position(|&i| i == 0).expect("position 0 is in the window. This is a bug.");
     let len_at = |rank: usize| window[order[rank]].input.len().max(1);
 
     let (mut lo, mut hi) = (oldest, oldest + 1);

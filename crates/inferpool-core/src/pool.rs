@@ -102,7 +102,10 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    f.debug_struct("Pool").field("dimension", &self.dimension).field("stats", &self.stats()).finish_non_exhaustive()
+    f.debug_struct("Pool")
+      .field("dimension", &self.dimension)
+      .field("stats", &self.stats())
+      .finish_non_exhaustive()
   }
 }
 
@@ -110,7 +113,11 @@ impl Pool {
   /// Starts `config.workers` threads, each building its backend with `factory`, and waits until
   /// all are ready. If any backend fails to build, every thread is stopped and the first error
   /// returned.
-  pub fn new(config: &PoolConfig, tokenizer: Arc<dyn Tokenize>, factory: BackendFactory) -> Result<Self, BackendError> {
+  pub fn new(
+    config: &PoolConfig,
+    tokenizer: Arc<dyn Tokenize>,
+    factory: BackendFactory,
+  ) -> Result<Self, BackendError> {
     assert!(config.workers > 0, "a pool needs at least one worker");
     let shared = Arc::new(Shared {
       queue: Mutex::new(Queue { items: VecDeque::new(), closing: None, idle: 0 }),
@@ -127,24 +134,29 @@ impl Pool {
       let shared = Arc::clone(&shared);
       let factory = Arc::clone(&factory);
       let ready = ready_tx.clone();
-      let spawned = std::thread::Builder::new().name(format!("inferpool-worker-{index}")).spawn(move || {
-        let built = catch_unwind(AssertUnwindSafe(|| factory(index)))
-          .unwrap_or_else(|panic| Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic))));
-        match built {
-          Ok(backend) => {
-            let _ = ready.send(Ok(backend.dimension()));
-            drop(ready);
-            worker_loop(&shared, backend);
+      let spawned =
+        std::thread::Builder::new().name(format!("inferpool-worker-{index}")).spawn(move || {
+          let built = catch_unwind(AssertUnwindSafe(|| factory(index))).unwrap_or_else(|panic| {
+            Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic)))
+          });
+          match built {
+            Ok(backend) => {
+              let _ = ready.send(Ok(backend.dimension()));
+              drop(ready);
+              worker_loop(&shared, backend);
+            }
+            Err(error) => {
+              let _ = ready.send(Err(error));
+            }
           }
-          Err(error) => {
-            let _ = ready.send(Err(error));
-          }
-        }
-      });
+        });
       match spawned {
         Ok(handle) => threads.push(handle),
         Err(error) => {
-          let _ = ready_tx.send(Err(BackendError::new(BackendErrorKind::Device, format!("cannot start a worker thread: {error}"))));
+          let _ = ready_tx.send(Err(BackendError::new(
+            BackendErrorKind::Device,
+            format!("cannot start a worker thread: {error}"),
+          )));
           break;
         }
       }
@@ -159,7 +171,10 @@ impl Pool {
         Ok(dim) => {
           failure.get_or_insert(BackendError::new(
             BackendErrorKind::Model,
-            format!("workers disagree on the output dimension ({} vs {dim})", dimension.unwrap_or_default()),
+            format!(
+              "workers disagree on the output dimension ({} vs {dim})",
+              dimension.unwrap_or_default()
+            ),
           ));
         }
         Err(error) => {
@@ -167,7 +182,12 @@ impl Pool {
         }
       }
     }
-    let pool = Self { shared, tokenizer, dimension: dimension.unwrap_or_default(), threads: Mutex::new(threads) };
+    let pool = Self {
+      shared,
+      tokenizer,
+      dimension: dimension.unwrap_or_default(),
+      threads: Mutex::new(threads),
+    };
     if let Some(error) = failure {
       pool.close(CloseMode::Cancel);
       return Err(error);
@@ -204,7 +224,11 @@ impl Pool {
     if queue.closing.is_some() {
       return Err(PoolError::Closed);
     }
-    queue.items.extend(encoded.into_iter().enumerate().map(|(index, input)| Queued { request: Arc::clone(&request), index, input }));
+    queue.items.extend(encoded.into_iter().enumerate().map(|(index, input)| Queued {
+      request: Arc::clone(&request),
+      index,
+      input,
+    }));
     let idle = queue.idle;
     drop(queue);
     if idle > 0 {
@@ -239,7 +263,8 @@ impl Pool {
       item.request.fail(PoolError::Closed);
     }
     self.shared.available.notify_all();
-    let threads = std::mem::take(&mut *self.threads.lock().expect("thread list lock poisoned. This is a bug."));
+    let threads =
+      std::mem::take(&mut *self.threads.lock().expect("thread list lock poisoned. This is a bug."));
     for thread in threads {
       // A worker never panics outside `catch_unwind`; a join error would only repeat a panic
       // already reported to the callers of that batch.
@@ -261,8 +286,10 @@ fn worker_loop(shared: &Shared, mut backend: Box<dyn Backend>) {
     let inputs: Vec<_> = batch.iter().map(|q| &q.input).collect();
     out.clear();
     out.resize(inputs.len() * dimension, 0.0);
-    let result = catch_unwind(AssertUnwindSafe(|| backend.run(&inputs, &mut out)))
-      .unwrap_or_else(|panic| Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic))));
+    let result =
+      catch_unwind(AssertUnwindSafe(|| backend.run(&inputs, &mut out))).unwrap_or_else(|panic| {
+        Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic)))
+      });
     shared.batches.fetch_add(1, Ordering::Relaxed);
     match result {
       Ok(()) => {

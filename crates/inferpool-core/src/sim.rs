@@ -55,7 +55,8 @@ impl Default for SimBackend {
 /// The row [`SimBackend`] writes for `text` (what a test expects back).
 #[must_use]
 pub fn expected_row(text: &str, dimension: usize) -> Vec<f32> {
-  let tokens = SimTokenizer.encode(&[text.to_owned()]).expect("the simulated tokenizer never fails");
+  let tokens =
+    SimTokenizer.encode(&[text.to_owned()]).expect("the simulated tokenizer never fails");
   let mut row = vec![0.0; dimension];
   write_row(&tokens[0], &mut row);
   row
@@ -76,11 +77,14 @@ impl Backend for SimBackend {
 
   fn run(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<(), BackendError> {
     let contains = |needle: &[u8]| {
-      batch.iter().any(|item| item.ids.windows(needle.len()).any(|w| w.iter().copied().eq(needle.iter().map(|&b| u32::from(b)))))
+      batch.iter().any(|item| {
+        item
+          .ids
+          .windows(needle.len())
+          .any(|w| w.iter().copied().eq(needle.iter().map(|&b| u32::from(b))))
+      })
     };
-    if contains(b"panic") {
-      panic!("simulated panic");
-    }
+    assert!(!contains(b"panic"), "simulated panic");
     if contains(b"fail") {
       return Err(BackendError::new(BackendErrorKind::Run, "simulated failure"));
     }

@@ -13,8 +13,10 @@ use inferpool_core::{
 const DIM: usize = 4;
 
 fn pool(workers: usize, backend: SimBackend) -> Pool {
-  let config = PoolConfig { workers, policy: BatchPolicy { max_batch_size: 8, ..BatchPolicy::default() } };
-  Pool::new(&config, Arc::new(SimTokenizer), Box::new(move |_| Ok(Box::new(backend.clone())))).expect("pool starts")
+  let config =
+    PoolConfig { workers, policy: BatchPolicy { max_batch_size: 8, ..BatchPolicy::default() } };
+  Pool::new(&config, Arc::new(SimTokenizer), Box::new(move |_| Ok(Box::new(backend.clone()))))
+    .expect("pool starts")
 }
 
 fn embed(pool: &Pool, texts: &[String]) -> Result<Vec<f32>, PoolError> {
@@ -57,11 +59,16 @@ fn failed_and_panicking_batches_become_errors() {
 
 #[test]
 fn close_cancels_queued_items_and_rejects_new_ones() {
-  let pool = pool(1, SimBackend { dimension: DIM, per_batch: Duration::from_millis(20), ..SimBackend::default() });
+  let pool = pool(
+    1,
+    SimBackend { dimension: DIM, per_batch: Duration::from_millis(20), ..SimBackend::default() },
+  );
   let (tx, rx) = mpsc::channel();
   for i in 0..20 {
     let tx = tx.clone();
-    pool.submit(&[format!("text {i}")], Box::new(move |result| tx.send(result.is_ok()).unwrap())).unwrap();
+    pool
+      .submit(&[format!("text {i}")], Box::new(move |result| tx.send(result.is_ok()).unwrap()))
+      .unwrap();
   }
   drop(tx);
   pool.close(CloseMode::Cancel);
@@ -73,11 +80,16 @@ fn close_cancels_queued_items_and_rejects_new_ones() {
 
 #[test]
 fn close_drains_when_asked() {
-  let pool = pool(2, SimBackend { dimension: DIM, per_batch: Duration::from_millis(5), ..SimBackend::default() });
+  let pool = pool(
+    2,
+    SimBackend { dimension: DIM, per_batch: Duration::from_millis(5), ..SimBackend::default() },
+  );
   let (tx, rx) = mpsc::channel();
   for i in 0..50 {
     let tx = tx.clone();
-    pool.submit(&[format!("text {i}")], Box::new(move |result| tx.send(result.is_ok()).unwrap())).unwrap();
+    pool
+      .submit(&[format!("text {i}")], Box::new(move |result| tx.send(result.is_ok()).unwrap()))
+      .unwrap();
   }
   drop(tx);
   pool.close(CloseMode::Drain);

@@ -5,8 +5,12 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use inferpool_core::{BackendError, BackendErrorKind, BatchPolicy, CloseMode, Pool, PoolConfig, PoolError};
-use inferpool_ort::{Device, EmbeddingModel, ModelFiles, Pooling, SessionOptions, backend_factory, init_runtime};
+use inferpool_core::{
+  BackendError, BackendErrorKind, BatchPolicy, CloseMode, Pool, PoolConfig, PoolError,
+};
+use inferpool_ort::{
+  Device, EmbeddingModel, ModelFiles, Pooling, SessionOptions, backend_factory, init_runtime,
+};
 use napi::bindgen_prelude::{Float32Array, Result};
 use napi_derive::napi;
 
@@ -99,38 +103,48 @@ pub async fn create_pool(options: BindingPoolOptions) -> Result<BindingPool> {
   if devices.is_empty() {
     return Err(coded("INVALID_INPUT", "at least one worker is needed"));
   }
-  let built = tokio::task::spawn_blocking(move || -> std::result::Result<(Pool, usize), BackendError> {
-    let files = ModelFiles::resolve(&PathBuf::from(&options.model_path))?;
-    let model = Arc::new(EmbeddingModel::load(files, options.max_length.map(|n| n as usize))?);
-    let max_length = model.max_length;
-    let session = SessionOptions { intra_threads: options.intra_op_threads as usize, pooling, normalize: options.normalize };
-    let config = PoolConfig {
-      workers: devices.len(),
-      policy: BatchPolicy {
-        max_batch_size: options.max_batch_size.max(1) as usize,
-        max_batch_tokens: options.max_batch_tokens.max(1) as usize,
-        ..BatchPolicy::default()
-      },
-    };
-    let factory = backend_factory(model.files.onnx.clone(), devices, session);
-    Ok((Pool::new(&config, model, factory)?, max_length))
-  })
-  .await
-  .map_err(|e| join_error(&e))?;
+  let built =
+    tokio::task::spawn_blocking(move || -> std::result::Result<(Pool, usize), BackendError> {
+      let files = ModelFiles::resolve(&PathBuf::from(&options.model_path))?;
+      let model = Arc::new(EmbeddingModel::load(files, options.max_length.map(|n| n as usize))?);
+      let max_length = model.max_length;
+      let session = SessionOptions {
+        intra_threads: options.intra_op_threads as usize,
+        pooling,
+        normalize: options.normalize,
+      };
+      let config = PoolConfig {
+        workers: devices.len(),
+        policy: BatchPolicy {
+          max_batch_size: options.max_batch_size.max(1) as usize,
+          max_batch_tokens: options.max_batch_tokens.max(1) as usize,
+          ..BatchPolicy::default()
+        },
+      };
+      let factory = backend_factory(model.files.onnx.clone(), devices, session);
+      Ok((Pool::new(&config, model, factory)?, max_length))
+    })
+    .await
+    .map_err(|e| join_error(&e))?;
   let (pool, max_length) = built.map_err(|e| backend_error(&e))?;
-  Ok(BindingPool { inner: Arc::new(pool), max_length: u32::try_from(max_length).unwrap_or(u32::MAX) })
+  Ok(BindingPool {
+    inner: Arc::new(pool),
+    max_length: u32::try_from(max_length).unwrap_or(u32::MAX),
+  })
 }
 
 #[napi]
 impl BindingPool {
   /// Width of every embedding.
   #[napi(getter)]
+  #[must_use]
   pub fn dimension(&self) -> u32 {
     u32::try_from(self.inner.dimension()).unwrap_or(u32::MAX)
   }
 
   /// Longest token sequence fed to the model; longer texts are truncated.
   #[napi(getter)]
+  #[must_use]
   pub fn max_length(&self) -> u32 {
     self.max_length
   }
@@ -154,7 +168,8 @@ impl BindingPool {
     .await
     .map_err(|e| join_error(&e))?
     .map_err(|e| pool_error(&e))?;
-    let values = rx.await.map_err(|_| coded("INTERNAL", "a request was dropped without an answer"))?;
+    let values =
+      rx.await.map_err(|_| coded("INTERNAL", "a request was dropped without an answer"))?;
     values.map(Float32Array::new).map_err(|e| pool_error(&e))
   }
 

@@ -76,7 +76,10 @@ pub struct OrtBackend {
 
 impl std::fmt::Debug for OrtBackend {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    f.debug_struct("OrtBackend").field("device", &self.device).field("hidden", &self.hidden).finish_non_exhaustive()
+    f.debug_struct("OrtBackend")
+      .field("device", &self.device)
+      .field("hidden", &self.hidden)
+      .finish_non_exhaustive()
   }
 }
 
@@ -94,7 +97,11 @@ const TOKEN_TYPE_IDS: &str = "token_type_ids";
 
 impl OrtBackend {
   /// Creates the session for `onnx` on `device`.
-  pub fn new(onnx: &std::path::Path, device: Device, options: SessionOptions) -> Result<Self, BackendError> {
+  pub fn new(
+    onnx: &std::path::Path,
+    device: Device,
+    options: SessionOptions,
+  ) -> Result<Self, BackendError> {
     let env = environment()?;
     let builder_error = |e: ort::Error<_>| model_error(format!("cannot configure a session: {e}"));
     let mut builder = Session::builder(env)
@@ -110,9 +117,17 @@ impl OrtBackend {
       .with_inter_op_spinning(false)
       .map_err(builder_error)?;
     if let Device::Cuda(id) = device {
-      builder = builder.with_execution_providers([ep::CUDA::default().with_device_id(id).build().error_on_failure()]).map_err(
-        |e| BackendError::new(BackendErrorKind::Device, format!("cannot use {device}: the CUDA execution provider failed: {e}")),
-      )?;
+      builder = builder
+        .with_execution_providers([ep::CUDA::default()
+          .with_device_id(id)
+          .build()
+          .error_on_failure()])
+        .map_err(|e| {
+          BackendError::new(
+            BackendErrorKind::Device,
+            format!("cannot use {device}: the CUDA execution provider failed: {e}"),
+          )
+        })?;
     }
     let session = builder.commit_from_file(onnx).map_err(|e| {
       let kind = if matches!(device, Device::Cuda(_)) && e.to_string().contains("CUDA") {
@@ -132,7 +147,9 @@ impl OrtBackend {
         )));
       }
     }
-    if let Some(extra) = names.iter().find(|n| ![INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS].contains(n)) {
+    if let Some(extra) =
+      names.iter().find(|n| ![INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS].contains(n))
+    {
       return Err(model_error(format!(
         "{} has an input {extra:?} that inferpool cannot feed (it feeds {INPUT_IDS:?}, {ATTENTION_MASK:?}, {TOKEN_TYPE_IDS:?})",
         onnx.display()
@@ -149,25 +166,32 @@ impl OrtBackend {
       .or_else(|| outputs.iter().find(rank3))
       .ok_or_else(|| {
         let names: Vec<&str> = outputs.iter().map(ort::value::Outlet::name).collect();
-        model_error(format!("{} has no token-level output of rank 3 (outputs: {names:?})", onnx.display()))
+        model_error(format!(
+          "{} has no token-level output of rank 3 (outputs: {names:?})",
+          onnx.display()
+        ))
       })?;
     let output_name = output.name().to_owned();
-    let declared_hidden = output.dtype().tensor_shape().and_then(|s| usize::try_from(s[2]).ok()).filter(|&h| h > 0);
+    let declared_hidden =
+      output.dtype().tensor_shape().and_then(|s| usize::try_from(s[2]).ok()).filter(|&h| h > 0);
 
-    let mut backend = Self { session, device, feeds_token_type_ids, output: output_name, hidden: 0, options };
-    backend.hidden = match declared_hidden {
-      Some(h) => h,
-      None => {
-        // The hidden size is symbolic: learn it from one tiny run.
-        let probe = TokenizedText { ids: vec![0], type_ids: vec![0] };
-        backend.forward(&[&probe])?.1
-      }
+    let mut backend =
+      Self { session, device, feeds_token_type_ids, output: output_name, hidden: 0, options };
+    backend.hidden = if let Some(h) = declared_hidden {
+      h
+    } else {
+      // The hidden size is symbolic: learn it from one tiny run.
+      let probe = TokenizedText { ids: vec![0], type_ids: vec![0] };
+      backend.forward(&[&probe])?.1
     };
     Ok(backend)
   }
 
   /// Runs the batch; returns the token states, the hidden size and the padded length.
-  fn forward(&mut self, batch: &[&TokenizedText]) -> Result<(Vec<f32>, usize, usize), BackendError> {
+  fn forward(
+    &mut self,
+    batch: &[&TokenizedText],
+  ) -> Result<(Vec<f32>, usize, usize), BackendError> {
     let rows = batch.len();
     let seq = batch.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
     let mut ids = vec![0_i64; rows * seq];
@@ -181,9 +205,14 @@ impl OrtBackend {
         mask[base + j] = 1;
       }
     }
-    let shape = [rows as i64, seq as i64];
+    let dim = |n: usize| {
+      i64::try_from(n).map_err(|_| run_error(format!("a batch dimension of {n} is too large")))
+    };
+    let shape = [dim(rows)?, dim(seq)?];
     let tensor = |data: Vec<i64>| -> Result<SessionInputValue<'static>, BackendError> {
-      Tensor::from_array((shape, data)).map(Into::into).map_err(|e| run_error(format!("cannot create an input tensor: {e}")))
+      Tensor::from_array((shape, data))
+        .map(Into::into)
+        .map_err(|e| run_error(format!("cannot create an input tensor: {e}")))
     };
     let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> =
       vec![(INPUT_IDS.into(), tensor(ids)?), (ATTENTION_MASK.into(), tensor(mask)?)];
@@ -191,13 +220,22 @@ impl OrtBackend {
       inputs.push((TOKEN_TYPE_IDS.into(), tensor(types)?));
     }
     let device = self.device;
-    let outputs = self.session.run(inputs).map_err(|e| run_error(format!("inference on {device} failed: {e}")))?;
-    let value = outputs.get(self.output.as_str()).ok_or_else(|| run_error(format!("the model produced no {:?}", self.output)))?;
-    let (out_shape, data) =
-      value.try_extract_tensor::<f32>().map_err(|e| run_error(format!("output {:?} is not a float tensor: {e}", self.output)))?;
+    let outputs = self
+      .session
+      .run(inputs)
+      .map_err(|e| run_error(format!("inference on {device} failed: {e}")))?;
+    let value = outputs
+      .get(self.output.as_str())
+      .ok_or_else(|| run_error(format!("the model produced no {:?}", self.output)))?;
+    let (out_shape, data) = value
+      .try_extract_tensor::<f32>()
+      .map_err(|e| run_error(format!("output {:?} is not a float tensor: {e}", self.output)))?;
     let dims: &[i64] = out_shape;
     if dims.len() != 3 || dims[0] != shape[0] || dims[1] != shape[1] || dims[2] <= 0 {
-      return Err(run_error(format!("output {:?} has shape {dims:?}, expected [{rows}, {seq}, hidden]", self.output)));
+      return Err(run_error(format!(
+        "output {:?} has shape {dims:?}, expected [{rows}, {seq}, hidden]",
+        self.output
+      )));
     }
     let hidden = usize::try_from(dims[2]).expect("checked positive above");
     Ok((data.to_vec(), hidden, seq))
@@ -212,9 +250,14 @@ impl Backend for OrtBackend {
   fn run(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<(), BackendError> {
     let (states, hidden, seq) = self.forward(batch)?;
     if hidden != self.hidden {
-      return Err(run_error(format!("the model returned {hidden} values per token, expected {}", self.hidden)));
+      return Err(run_error(format!(
+        "the model returned {hidden} values per token, expected {}",
+        self.hidden
+      )));
     }
-    for ((item, row), token_states) in batch.iter().zip(out.chunks_exact_mut(hidden)).zip(states.chunks_exact(seq * hidden)) {
+    for ((item, row), token_states) in
+      batch.iter().zip(out.chunks_exact_mut(hidden)).zip(states.chunks_exact(seq * hidden))
+    {
       pool_into(self.options.pooling, token_states, hidden, item.len(), row);
       if self.options.normalize {
         normalize(row);
@@ -226,7 +269,11 @@ impl Backend for OrtBackend {
 
 /// A factory that gives worker `i` a session on `devices[i]`.
 #[must_use]
-pub fn backend_factory(onnx: PathBuf, devices: Vec<Device>, options: SessionOptions) -> BackendFactory {
+pub fn backend_factory(
+  onnx: PathBuf,
+  devices: Vec<Device>,
+  options: SessionOptions,
+) -> BackendFactory {
   let devices = Arc::new(devices);
   Box::new(move |index| {
     let device = devices.get(index).copied().unwrap_or(Device::Cpu);

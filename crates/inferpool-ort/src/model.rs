@@ -38,14 +38,21 @@ impl ModelFiles {
   /// Finds the files of the model at `path` (a folder or an `.onnx` file).
   pub fn resolve(path: &Path) -> Result<Self, BackendError> {
     if !path.exists() {
-      return Err(BackendError::new(BackendErrorKind::ModelNotFound, format!("no model at {}", path.display())));
+      return Err(BackendError::new(
+        BackendErrorKind::ModelNotFound,
+        format!("no model at {}", path.display()),
+      ));
     }
     let (dir, onnx) = if path.is_file() {
       let parent = path.parent().unwrap_or(Path::new("."));
       let dir = if parent.join("tokenizer.json").is_file() {
         parent.to_path_buf()
       } else {
-        parent.parent().filter(|p| p.join("tokenizer.json").is_file()).unwrap_or(parent).to_path_buf()
+        parent
+          .parent()
+          .filter(|p| p.join("tokenizer.json").is_file())
+          .unwrap_or(parent)
+          .to_path_buf()
       };
       (dir, path.to_path_buf())
     } else {
@@ -57,7 +64,10 @@ impl ModelFiles {
         .ok_or_else(|| {
           BackendError::new(
             BackendErrorKind::ModelNotFound,
-            format!("no ONNX file in {} (looked for model.onnx, onnx/model.onnx, onnx/*.onnx, *.onnx)", path.display()),
+            format!(
+              "no ONNX file in {} (looked for model.onnx, onnx/model.onnx, onnx/*.onnx, *.onnx)",
+              path.display()
+            ),
           )
         })?;
       (path.to_path_buf(), onnx)
@@ -98,10 +108,10 @@ impl EmbeddingModel {
     let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
       .map_err(|e| model_error(format!("cannot read {}: {e}", files.tokenizer.display())))?;
     let positions = json_usize(&files.dir.join("config.json"), "max_position_embeddings");
-    let configured = tokenizer
-      .get_truncation()
-      .map(|t| t.max_length)
-      .or_else(|| json_usize(&files.dir.join("tokenizer_config.json"), "model_max_length").filter(|&n| n <= 1 << 20));
+    let configured = tokenizer.get_truncation().map(|t| t.max_length).or_else(|| {
+      json_usize(&files.dir.join("tokenizer_config.json"), "model_max_length")
+        .filter(|&n| n <= 1 << 20)
+    });
     let mut max_length = max_length.or(configured).unwrap_or(512);
     if let Some(positions) = positions {
       max_length = max_length.min(positions);
@@ -120,10 +130,9 @@ impl EmbeddingModel {
 impl Tokenize for EmbeddingModel {
   fn encode(&self, texts: &[String]) -> Result<Vec<TokenizedText>, BackendError> {
     let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let encodings = self
-      .tokenizer
-      .encode_batch_fast(inputs, true)
-      .map_err(|e| BackendError::new(BackendErrorKind::InvalidInput, format!("tokenization failed: {e}")))?;
+    let encodings = self.tokenizer.encode_batch_fast(inputs, true).map_err(|e| {
+      BackendError::new(BackendErrorKind::InvalidInput, format!("tokenization failed: {e}"))
+    })?;
     Ok(
       encodings
         .into_iter()

@@ -55,6 +55,7 @@ pub fn normalize(v: &mut [f32]) {
 }
 
 #[cfg(test)]
+#[expect(clippy::float_cmp, reason = "the expected values are exact in f32")]
 mod tests {
   use super::*;
 

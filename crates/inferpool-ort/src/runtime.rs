@@ -46,8 +46,9 @@ fn library_version(path: &Path) -> Result<String, BackendError> {
     .map_err(|e| load_error(format!("cannot load ONNX Runtime from {}: {e}", path.display())))?;
   // SAFETY: `OrtGetApiBase` has this signature in every ONNX Runtime release (onnxruntime_c_api.h).
   let get_api_base: libloading::Symbol<'_, unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
-    unsafe { library.get(b"OrtGetApiBase\0") }
-      .map_err(|_| load_error(format!("{} is not an ONNX Runtime library (no OrtGetApiBase)", path.display())))?;
+    unsafe { library.get(b"OrtGetApiBase\0") }.map_err(|_| {
+      load_error(format!("{} is not an ONNX Runtime library (no OrtGetApiBase)", path.display()))
+    })?;
   // SAFETY: the function takes no arguments and returns a pointer to a static struct.
   let base = unsafe { get_api_base() };
   if base.is_null() {
@@ -75,7 +76,10 @@ pub fn init_runtime(path: &Path) -> Result<RuntimeInfo, BackendError> {
     return Ok(runtime.info.clone());
   }
   if !path.is_absolute() {
-    return Err(load_error(format!("the ONNX Runtime library path must be absolute, got {}", path.display())));
+    return Err(load_error(format!(
+      "the ONNX Runtime library path must be absolute, got {}",
+      path.display()
+    )));
   }
   if !path.is_file() {
     return Err(load_error(format!("no ONNX Runtime library at {}", path.display())));
@@ -89,11 +93,15 @@ pub fn init_runtime(path: &Path) -> Result<RuntimeInfo, BackendError> {
     )));
   }
   let environment = ort::init_from(path)
-    .map_err(|e| load_error(format!("cannot load ONNX Runtime {version} from {}: {e}", path.display())))?
+    .map_err(|e| {
+      load_error(format!("cannot load ONNX Runtime {version} from {}: {e}", path.display()))
+    })?
     .with_name("inferpool")
     .with_telemetry(false)
     .build()
-    .map_err(|e| load_error(format!("cannot start ONNX Runtime {version} from {}: {e}", path.display())))?;
+    .map_err(|e| {
+      load_error(format!("cannot start ONNX Runtime {version} from {}: {e}", path.display()))
+    })?;
   let info = RuntimeInfo { path: path.to_path_buf(), version };
   let _ = RUNTIME.set(Runtime { info: info.clone(), environment });
   Ok(info)
@@ -101,7 +109,10 @@ pub fn init_runtime(path: &Path) -> Result<RuntimeInfo, BackendError> {
 
 /// The loaded runtime's environment, or an error when [`init_runtime`] has not succeeded.
 pub(crate) fn environment() -> Result<&'static Environment, BackendError> {
-  RUNTIME.get().map(|r| &r.environment).ok_or_else(|| load_error("ONNX Runtime is not loaded: call init first"))
+  RUNTIME
+    .get()
+    .map(|r| &r.environment)
+    .ok_or_else(|| load_error("ONNX Runtime is not loaded: call init first"))
 }
 
 /// What [`init_runtime`] loaded, if anything.
