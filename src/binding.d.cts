@@ -42,6 +42,10 @@ export interface BindingPoolOptions {
   normalize: boolean
   /** Override of the model's maximum sequence length. */
   maxLength?: number
+  /** Most items accepted and not yet completed. */
+  maxQueuedItems: number
+  /** How long an idle worker may hold a partial batch open, in milliseconds. */
+  maxWaitMs: number
 }
 
 /** What was loaded by `initRuntime`. */

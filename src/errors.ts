@@ -12,6 +12,9 @@
  *   without a working CUDA provider).
  * - `INFERENCE_FAILED`: ONNX Runtime failed on a batch.
  * - `POOL_CLOSED`: the pool was closed before the call, or while it waited (`close({ drain: false })`).
+ * - `OVERLOADED`: accepting the call would exceed `maxQueuedItems`.
+ * - `TIMEOUT`: the call's deadline passed before its texts ran.
+ * - `ABORTED`: the call was cancelled before its texts ran.
  * - `INTERNAL`: a bug inside inferpool (a caught panic, a lost task); please report it.
  */
 export type PoolErrorCode =
@@ -23,6 +26,9 @@ export type PoolErrorCode =
   | 'DEVICE_UNAVAILABLE'
   | 'INFERENCE_FAILED'
   | 'POOL_CLOSED'
+  | 'OVERLOADED'
+  | 'TIMEOUT'
+  | 'ABORTED'
   | 'INTERNAL'
 
 const CODES: ReadonlySet<string> = new Set<PoolErrorCode>([
@@ -34,6 +40,9 @@ const CODES: ReadonlySet<string> = new Set<PoolErrorCode>([
   'DEVICE_UNAVAILABLE',
   'INFERENCE_FAILED',
   'POOL_CLOSED',
+  'OVERLOADED',
+  'TIMEOUT',
+  'ABORTED',
   'INTERNAL',
 ])
 

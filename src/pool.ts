@@ -29,8 +29,21 @@ export interface PoolOptions {
   intraOpThreads?: number
   /** Most texts in one batch. Default 64. */
   maxBatchSize?: number
-  /** Most padded tokens (longest text × texts) in one batch. Default 16384. */
+  /**
+   * Most padded tokens (longest text × texts) in one batch, and the ceiling of each worker's
+   * adaptive budget. Default 16384.
+   */
   maxBatchTokens?: number
+  /**
+   * Most texts accepted and not yet embedded, over all calls; a call beyond it is rejected at
+   * once with `OVERLOADED`. Default 1,048,576.
+   */
+  maxQueuedItems?: number
+  /**
+   * How long an idle worker may hold a partial batch open for more calls to arrive, in
+   * milliseconds. Default 0: run whatever is queued at once.
+   */
+  maxWaitMs?: number
   /** `'mean'` over real tokens (default) or `'cls'` (first token). */
   pooling?: Pooling
   /** Scale every embedding to unit length. Default `true`. */
@@ -132,6 +145,8 @@ export class Pool {
     )
     const maxBatchSize = positiveInt('maxBatchSize', options.maxBatchSize, 64)
     const maxBatchTokens = positiveInt('maxBatchTokens', options.maxBatchTokens, 16384)
+    const maxQueuedItems = positiveInt('maxQueuedItems', options.maxQueuedItems, 1 << 20)
+    const maxWaitMs = options.maxWaitMs === 0 ? 0 : positiveInt('maxWaitMs', options.maxWaitMs, 0)
     const maxLength = options.maxLength === undefined ? undefined : positiveInt('maxLength', options.maxLength, 0)
     const pooling = options.pooling ?? 'mean'
     if (pooling !== 'mean' && pooling !== 'cls') {
@@ -157,6 +172,8 @@ export class Pool {
         pooling,
         normalize,
         maxLength,
+        maxQueuedItems,
+        maxWaitMs,
       })
       return new Pool(binding, modelPath, runtime)
     } catch (error) {
@@ -175,7 +192,8 @@ export class Pool {
    * buffer).
    *
    * @throws {PoolError} `INVALID_INPUT` when `texts` is not an array of strings, `POOL_CLOSED`
-   * after {@link Pool.close}, `INFERENCE_FAILED` when ONNX Runtime fails.
+   * after {@link Pool.close}, `OVERLOADED` when `maxQueuedItems` would be exceeded,
+   * `INFERENCE_FAILED` when ONNX Runtime fails on every attempt.
    */
   async embed(texts: readonly string[]): Promise<Float32Array[]> {
     if (this.#closed) throw new PoolError('POOL_CLOSED', 'the pool is closed')

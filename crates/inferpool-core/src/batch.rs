@@ -1,35 +1,52 @@
-//! The batch policy: which queued items one worker runs next.
+//! The batch policy: which of the items a worker holds go into its next batch.
 //!
-//! Decided once per batch, under the queue lock, when a worker's device becomes free:
-//! 1. Items of requests that are already answered (failed, cancelled) are dropped unseen.
-//! 2. The batch size cap is `max_batch_size`, lowered to an even share of what is queued when
-//!    other workers are idle (tail split), so the last items are spread instead of one worker
-//!    taking them all. Nothing ever waits for a full batch: whatever is queued is taken.
-//! 3. A window of the oldest `window` items is sorted by length and the batch is a run of
-//!    neighbours in that order, so items of similar length travel together and padding shrinks.
-//! 4. The run always contains the oldest queued item, so no item starves behind shorter ones,
-//!    and its padded cost (longest length × count) stays within `max_batch_tokens`.
-//! 5. Items not chosen go back to the front of the queue in their original order.
+//! Decided once per batch, when the worker's device is free ([`select`]):
+//! 1. The candidates are a window of queued items (the worker's share, see the scheduler).
+//! 2. They are sorted by length and the batch is a run of neighbours in that order, so items of
+//!    similar length travel together and padding shrinks.
+//! 3. The run always contains the most urgent candidate (interactive before bulk, then oldest),
+//!    so no item starves behind shorter ones.
+//! 4. It holds at most `cap` items and its padded cost (longest × count) stays within the
+//!    token budget; an item longer than the budget still runs, alone.
+//! 5. Nothing waits for a full batch: whatever the window holds is enough.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{
+  sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+  },
+  time::{Duration, Instant},
+};
 
 use crate::{TokenizedText, request::Request};
 
 /// Limits that shape every batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchPolicy {
   /// Most items in one batch.
   pub max_batch_size: usize,
-  /// Most padded tokens (longest item × item count) in one batch. One item longer than this
-  /// still runs, alone.
+  /// Most padded tokens (longest item × item count) in one batch, and the ceiling of the
+  /// adaptive budget. One item longer than this still runs, alone.
   pub max_batch_tokens: usize,
-  /// How many of the oldest queued items are considered (and sorted by length) per batch.
+  /// How many queued items one worker considers (and sorts by length) per batch.
   pub window: usize,
+  /// How long an idle worker may hold a partial batch open for more arrivals. Zero (the
+  /// default) runs whatever is there at once.
+  pub max_wait: Duration,
+  /// Most padding a batch may carry, as a fraction of its real tokens (0.05 = padded tokens at
+  /// most 5% above real ones). A batch stops growing before it would exceed this.
+  pub max_padding: f64,
 }
 
 impl Default for BatchPolicy {
   fn default() -> Self {
-    Self { max_batch_size: 64, max_batch_tokens: 16_384, window: 512 }
+    Self {
+      max_batch_size: 64,
+      max_batch_tokens: 16_384,
+      window: 2048,
+      max_wait: Duration::ZERO,
+      max_padding: 0.05,
+    }
   }
 }
 
@@ -42,75 +59,108 @@ pub(crate) struct Queued {
   pub(crate) index: usize,
   /// The tokens to run.
   pub(crate) input: TokenizedText,
+  /// Admission order across the pool (smaller = older).
+  pub(crate) seq: u64,
+  /// When the item was admitted.
+  pub(crate) admitted_at: Instant,
+  /// Failed runs so far.
+  pub(crate) attempts: u32,
+  /// The pool's count of items not yet completed; decremented when the item is dropped, which
+  /// happens exactly once, whatever its fate.
+  pub(crate) outstanding: Arc<AtomicUsize>,
 }
 
-impl BatchPolicy {
-  /// Takes the next batch out of `queue` (see the module docs). `idle_workers` counts the other
-  /// workers waiting for work. Returns an empty batch only when nothing live is queued.
-  pub(crate) fn take(&self, queue: &mut VecDeque<Queued>, idle_workers: usize) -> Vec<Queued> {
-    let mut window = Vec::with_capacity(self.window.min(queue.len()));
-    while window.len() < self.window.max(1) {
-      let Some(item) = queue.pop_front() else { break };
-      if !item.request.is_finished() {
-        window.push(item);
-      }
-    }
-    if window.is_empty() {
-      return window;
-    }
-    let queued = window.len() + queue.len();
-    let share = queued.div_ceil(idle_workers + 1);
-    let cap = self.max_batch_size.min(share).max(1);
-
-    // Window positions sorted by (length, age); `oldest` is where position 0 landed.
-    let mut order: Vec<usize> = (0..window.len()).collect();
-    order.sort_by_key(|&i| (window[i].input.len(), i));
-    let oldest =
-      order.iter().position(|&i| i == 0).expect("position 0 is in the window. This is a bug.");
-    let len_at = |rank: usize| window[order[rank]].input.len().max(1);
-
-    let (mut lo, mut hi) = (oldest, oldest + 1);
-    while hi - lo < cap {
-      let count = hi - lo + 1;
-      if lo > 0 && len_at(hi - 1) * count <= self.max_batch_tokens {
-        lo -= 1;
-      } else if hi < order.len() && len_at(hi) * count <= self.max_batch_tokens {
-        hi += 1;
-      } else {
-        break;
-      }
-    }
-
-    let mut chosen = vec![false; window.len()];
-    for &i in &order[lo..hi] {
-      chosen[i] = true;
-    }
-    let mut batch = Vec::with_capacity(hi - lo);
-    let mut rest = Vec::with_capacity(window.len() - (hi - lo));
-    // Batch in length order (less padding work for the backend), rest in age order.
-    let mut slots: Vec<Option<Queued>> = window.into_iter().map(Some).collect();
-    for &i in &order[lo..hi] {
-      batch.push(slots[i].take().expect("each slot is taken once. This is a bug."));
-    }
-    for (i, slot) in slots.into_iter().enumerate() {
-      if !chosen[i] {
-        rest.push(slot.expect("unchosen slots are still full. This is a bug."));
-      }
-    }
-    for item in rest.into_iter().rev() {
-      queue.push_front(item);
-    }
-    batch
+impl Drop for Queued {
+  fn drop(&mut self) {
+    // SeqCst: part of the drain protocol (see `Pool::submit`).
+    self.outstanding.fetch_sub(1, Ordering::SeqCst);
   }
+}
+
+impl Queued {
+  /// Sort key of urgency: interactive first, then oldest.
+  fn urgency(&self) -> (usize, u64) {
+    (self.request.priority.index(), self.seq)
+  }
+
+  /// Padded length used for cost (an empty item still occupies one position).
+  pub(crate) fn len(&self) -> usize {
+    self.input.len().max(1)
+  }
+}
+
+/// What [`select`] chose.
+#[derive(Debug)]
+pub(crate) struct Selection {
+  /// Items to run, sorted by length.
+  pub(crate) batch: Vec<Queued>,
+  /// Candidates not chosen, most urgent first.
+  pub(crate) rest: Vec<Queued>,
+  /// Whether the token budget (rather than `cap` or a lack of items) ended the batch.
+  pub(crate) budget_bound: bool,
+}
+
+/// Cuts one batch out of `candidates` (see the module docs).
+pub(crate) fn select(
+  mut candidates: Vec<Queued>,
+  cap: usize,
+  token_budget: usize,
+  max_padding: f64,
+) -> Selection {
+  if candidates.is_empty() {
+    return Selection { batch: candidates, rest: Vec::new(), budget_bound: false };
+  }
+  candidates.sort_by_key(|q| (q.len(), q.urgency()));
+  let most_urgent = candidates
+    .iter()
+    .enumerate()
+    .min_by_key(|(_, q)| q.urgency())
+    .map(|(i, _)| i)
+    .expect("candidates is not empty");
+  let cap = cap.max(1);
+  let budget = token_budget.max(1);
+  let len_at = |i: usize| candidates[i].len();
+
+  let (mut lo, mut hi) = (most_urgent, most_urgent + 1);
+  let mut real = len_at(most_urgent);
+  let mut budget_bound = false;
+  // Whether a run of `count` items padded to `longest` with `real` real tokens is acceptable.
+  #[expect(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
+  let fits = |longest: usize, count: usize, real: usize| {
+    longest * count <= budget && (longest * count) as f64 <= real as f64 * (1.0 + max_padding)
+  };
+  while hi - lo < cap {
+    let count = hi - lo + 1;
+    // Prefer shorter neighbours: they never raise the padded length.
+    if lo > 0 && fits(len_at(hi - 1), count, real + len_at(lo - 1)) {
+      lo -= 1;
+      real += len_at(lo);
+    } else if hi < candidates.len() && fits(len_at(hi), count, real + len_at(hi)) {
+      real += len_at(hi);
+      hi += 1;
+    } else {
+      budget_bound = (lo > 0 && len_at(hi - 1) * count > budget)
+        || (hi < candidates.len() && len_at(hi) * count > budget);
+      break;
+    }
+  }
+
+  let mut rest: Vec<Queued> = candidates.drain(hi..).collect();
+  let batch: Vec<Queued> = candidates.drain(lo..).collect();
+  rest.append(&mut candidates);
+  rest.sort_by_key(Queued::urgency);
+  Selection { batch, rest, budget_bound }
 }
 
 #[cfg(test)]
 mod tests {
   use super::*;
-  use crate::request::Request;
+  use crate::request::{Priority, Request, SubmitOptions};
 
-  fn queue_of(lengths: &[usize]) -> VecDeque<Queued> {
-    let request = Arc::new(Request::new(lengths.len(), 1, Box::new(|_| {})));
+  fn items(lengths: &[usize], priority: Priority) -> Vec<Queued> {
+    let options = SubmitOptions { priority, deadline: None };
+    let request = Arc::new(Request::new(lengths.len(), 1, options, Box::new(|_| {})));
+    let outstanding = Arc::new(AtomicUsize::new(lengths.len()));
     lengths
       .iter()
       .enumerate()
@@ -118,6 +168,10 @@ mod tests {
         request: Arc::clone(&request),
         index,
         input: TokenizedText { ids: vec![1; len], type_ids: vec![0; len] },
+        seq: index as u64,
+        admitted_at: Instant::now(),
+        attempts: 0,
+        outstanding: Arc::clone(&outstanding),
       })
       .collect()
   }
@@ -128,47 +182,53 @@ mod tests {
 
   #[test]
   fn takes_a_partial_batch_without_waiting() {
-    let policy = BatchPolicy { max_batch_size: 8, ..BatchPolicy::default() };
-    let mut queue = queue_of(&[5, 3]);
-    let batch = policy.take(&mut queue, 0);
-    assert_eq!(indices(&batch), vec![1, 0]);
-    assert!(queue.is_empty());
+    let s = select(items(&[5, 3], Priority::Bulk), 8, 1000, 1.0);
+    assert_eq!(indices(&s.batch), vec![1, 0]);
+    assert!(s.rest.is_empty());
+    assert!(!s.budget_bound);
   }
 
   #[test]
   fn groups_similar_lengths_and_keeps_the_oldest() {
-    let policy = BatchPolicy { max_batch_size: 2, ..BatchPolicy::default() };
-    let mut queue = queue_of(&[100, 5, 99, 6]);
-    let batch = policy.take(&mut queue, 0);
+    let s = select(items(&[100, 5, 99, 6], Priority::Bulk), 2, 10_000, 0.05);
     // The oldest (100 tokens) goes with its nearest neighbour in length, 99.
-    assert_eq!(indices(&batch), vec![2, 0]);
-    assert_eq!(indices(queue.make_contiguous()), vec![1, 3]);
+    assert_eq!(indices(&s.batch), vec![2, 0]);
+    assert_eq!(indices(&s.rest), vec![1, 3]);
   }
 
   #[test]
   fn respects_the_token_budget() {
-    let policy = BatchPolicy { max_batch_size: 10, max_batch_tokens: 30, window: 16 };
-    let mut queue = queue_of(&[10, 10, 10, 10]);
-    assert_eq!(policy.take(&mut queue, 0).len(), 3);
+    let s = select(items(&[10, 10, 10, 10], Priority::Bulk), 10, 30, 0.05);
+    assert_eq!(s.batch.len(), 3);
+    assert!(s.budget_bound);
     // An item longer than the budget still runs, alone.
-    let mut queue = queue_of(&[50, 50]);
-    assert_eq!(policy.take(&mut queue, 0).len(), 1);
+    assert_eq!(select(items(&[50, 50], Priority::Bulk), 10, 30, 0.05).batch.len(), 1);
   }
 
   #[test]
-  fn splits_the_tail_across_idle_workers() {
-    let policy = BatchPolicy { max_batch_size: 64, ..BatchPolicy::default() };
-    let mut queue = queue_of(&[4; 10]);
-    assert_eq!(policy.take(&mut queue, 1).len(), 5);
-    assert_eq!(policy.take(&mut queue, 0).len(), 5);
+  fn bounds_padding() {
+    // 10 and 20 together would pad 30 real tokens to 40.
+    let s = select(items(&[10, 20, 10], Priority::Bulk), 8, 1000, 0.05);
+    assert_eq!(indices(&s.batch), vec![0, 2]);
+    let s = select(items(&[10, 20, 10], Priority::Bulk), 8, 1000, 0.5);
+    assert_eq!(s.batch.len(), 3);
   }
 
   #[test]
-  fn skips_finished_requests() {
-    let policy = BatchPolicy::default();
-    let mut queue = queue_of(&[4, 4]);
-    queue[0].request.fail(crate::PoolError::Closed);
-    assert!(policy.take(&mut queue, 0).is_empty());
-    assert!(queue.is_empty());
+  fn interactive_items_are_most_urgent() {
+    let mut candidates = items(&[4, 4, 4], Priority::Bulk);
+    let mut interactive = items(&[40], Priority::Interactive);
+    interactive[0].seq = 99;
+    candidates.append(&mut interactive);
+    let s = select(candidates, 1, 1000, 0.05);
+    assert_eq!(s.batch[0].request.priority, Priority::Interactive);
+  }
+
+  #[test]
+  fn dropping_an_item_counts_it_done() {
+    let batch = items(&[1, 2, 3], Priority::Bulk);
+    let outstanding = Arc::clone(&batch[0].outstanding);
+    drop(batch);
+    assert_eq!(outstanding.load(Ordering::SeqCst), 0);
   }
 }

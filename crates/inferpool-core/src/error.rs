@@ -15,6 +15,8 @@ pub enum BackendErrorKind {
   Device,
   /// Running the batch failed.
   Run,
+  /// The device ran out of memory for this batch; a smaller batch may fit.
+  OutOfMemory,
   /// The backend panicked; the panic was caught and the worker carries on.
   Panic,
 }
@@ -47,6 +49,27 @@ pub enum PoolError {
   /// The pool was closed before or while the request was waiting.
   #[error("the pool is closed")]
   Closed,
+  /// Admitting the request would exceed `max_queued_items`.
+  #[error(
+    "the pool is overloaded: {queued} items queued, {requested} more requested, limit {limit}"
+  )]
+  Overloaded {
+    /// Items accepted and not yet completed.
+    queued: usize,
+    /// Items in the rejected request.
+    requested: usize,
+    /// The configured limit.
+    limit: usize,
+  },
+  /// The request's deadline passed before its items started.
+  #[error("the request's deadline passed before it ran")]
+  Timeout,
+  /// The request was cancelled by its caller.
+  #[error("the request was cancelled")]
+  Cancelled,
+  /// A bug inside the pool.
+  #[error("internal error: {0}")]
+  Internal(String),
   /// The backend failed on a batch holding one of the request's items.
   #[error(transparent)]
   Backend(#[from] BackendError),

@@ -11,15 +11,18 @@
 //! Tests and the simulation run the real pool against [`sim::SimBackend`], so nothing here needs
 //! ONNX Runtime or a GPU.
 
+mod adaptive;
 mod backend;
 mod batch;
 mod error;
 mod pool;
 mod request;
 pub mod sim;
+mod sleep;
 
+pub use adaptive::AdaptiveConfig;
 pub use backend::{Backend, BackendFactory, Tokenize, TokenizedText};
 pub use batch::BatchPolicy;
 pub use error::{BackendError, BackendErrorKind, PoolError};
-pub use pool::{CloseMode, Pool, PoolConfig, PoolStats};
-pub use request::Reply;
+pub use pool::{CloseMode, Pool, PoolConfig, PoolStats, Ticket, WorkerState, WorkerStats};
+pub use request::{Priority, Reply, SubmitOptions};

@@ -1,42 +1,88 @@
-//! The pool: a shared queue, one OS thread per worker, and the request lifecycle.
+//! The scheduler: an injector per priority, a work-stealing deque per worker, one OS thread per
+//! worker, and the request lifecycle.
 //!
-//! Protocol:
-//! 1. `submit` tokenizes on the caller's thread, then appends every item to the queue under one
-//!    lock acquisition and wakes workers.
-//! 2. A worker takes a batch under the lock ([`BatchPolicy::take`]); when nothing is queued it
-//!    counts itself idle and waits on the condition variable. There are no timers: a worker
-//!    sleeps until `submit` or `close` wakes it.
-//! 3. If work is still queued after a worker took its batch and another worker is idle, it wakes
-//!    one, so a burst spreads over every worker.
-//! 4. The batch runs outside the lock under `catch_unwind`; rows go to their requests by index.
-//!    A failed or panicking batch answers each of its requests with the error; the worker goes on.
-//! 5. `close` stops admission, then either lets the workers drain the queue or fails every queued
-//!    item with [`PoolError::Closed`], and joins every thread.
+//! How an item travels:
+//! 1. `submit` tokenizes on the caller's thread, checks admission (`max_queued_items`), pushes
+//!    every item into the injector of its priority and wakes workers ([`Sleep`]).
+//! 2. A worker whose device is free looks for work in this order ([`WorkerThread::find_work`]):
+//!    interactive items in the injector (unless the fairness tick says bulk goes first this
+//!    time), then its own deque, refilled from the bulk injector, then a batch stolen from a
+//!    random other worker. It moves at most its *share* of the queued items into its deque: the
+//!    queue divided among workers in proportion to their measured speed, so the tail of a job is
+//!    spread over every worker and a slow device is not handed as much as a fast one.
+//! 3. It cuts a batch from what it holds ([`select`]): length-sorted, the most urgent item
+//!    included, capped by `max_batch_size`, its share, and its adaptive token budget. The rest
+//!    stays in its deque, where idle workers can steal it.
+//! 4. The batch runs outside every lock, under `catch_unwind`. Rows go to their requests by
+//!    index. On failure: out-of-memory halves the budget and requeues the items; invalid input
+//!    fails their requests; any other error (or a panic) requeues the items for another worker
+//!    up to `max_attempts`, and the worker backs off exponentially until it succeeds again.
+//! 5. Items of answered requests (failed, cancelled) and items past their deadline are dropped
+//!    when a worker meets them; they never run.
+//! 6. `close` stops admission; in drain mode workers run until no item is outstanding, in cancel
+//!    mode every queued item fails with `Closed`. It returns once every thread has exited.
 
 use std::{
-  collections::VecDeque,
   panic::{AssertUnwindSafe, catch_unwind},
   sync::{
-    Arc, Condvar, Mutex, MutexGuard,
-    atomic::{AtomicU64, Ordering},
+    Arc, Mutex,
+    atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
     mpsc,
   },
-  thread::JoinHandle,
+  thread::{JoinHandle, Thread},
+  time::{Duration, Instant},
 };
+
+use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 
 use crate::{
-  Backend, BackendError, BackendErrorKind, BackendFactory, BatchPolicy, PoolError, Tokenize,
-  batch::Queued,
-  request::{Reply, Request},
+  AdaptiveConfig, Backend, BackendError, BackendErrorKind, BackendFactory, BatchPolicy, PoolError,
+  Tokenize,
+  adaptive::Controller,
+  batch::{Queued, select},
+  request::{Priority, Reply, Request, SubmitOptions},
+  sleep::{Sleep, Wake},
 };
 
-/// How many workers and how they cut batches.
+/// Bulk goes first on every `FAIRNESS_INTERVAL`-th batch, even when interactive work waits, so
+/// bulk is never starved (tokio's `global_queue_interval` idea).
+const FAIRNESS_INTERVAL: u64 = 4;
+
+/// How many random victims a worker tries per steal round before it concludes there is nothing.
+const STEAL_ROUNDS: usize = 2;
+
+/// How the pool runs.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
   /// Number of worker threads; each builds its own backend.
   pub workers: usize,
   /// Limits for every batch.
   pub policy: BatchPolicy,
+  /// Most items accepted and not yet completed; a request beyond it fails at once with
+  /// [`PoolError::Overloaded`].
+  pub max_queued_items: usize,
+  /// Runs an item may fail before its request gets the error.
+  pub max_attempts: u32,
+  /// The adaptive token budget.
+  pub adaptive: AdaptiveConfig,
+  /// First back-off after a failed batch; doubles per consecutive failure.
+  pub backoff_initial: Duration,
+  /// Longest back-off.
+  pub backoff_max: Duration,
+}
+
+impl Default for PoolConfig {
+  fn default() -> Self {
+    Self {
+      workers: 1,
+      policy: BatchPolicy::default(),
+      max_queued_items: 1 << 20,
+      max_attempts: 3,
+      adaptive: AdaptiveConfig::default(),
+      backoff_initial: Duration::from_millis(10),
+      backoff_max: Duration::from_secs(2),
+    }
+  }
 }
 
 /// What `close` does with items still queued.
@@ -48,56 +94,196 @@ pub enum CloseMode {
   Cancel,
 }
 
-/// Counters since the pool started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PoolStats {
-  /// Items queued and not yet taken by a worker.
-  pub queued: usize,
-  /// Batches run (successful or not).
-  pub batches: u64,
-  /// Items run successfully.
+const OPEN: u8 = 0;
+const DRAIN: u8 = 1;
+const CANCEL: u8 = 2;
+
+/// What a worker is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+  /// Waiting for work.
+  Idle,
+  /// Running a batch.
+  Busy,
+  /// Pausing after a failed batch.
+  BackingOff,
+  /// Exited.
+  Stopped,
+}
+
+impl WorkerState {
+  fn from_u8(v: u8) -> Self {
+    match v {
+      0 => Self::Idle,
+      1 => Self::Busy,
+      2 => Self::BackingOff,
+      _ => Self::Stopped,
+    }
+  }
+}
+
+/// Counters of one worker since the pool started.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WorkerStats {
+  /// What it is doing now.
+  pub state: WorkerState,
+  /// Items it ran successfully.
   pub items: u64,
-  /// Batches that failed or panicked.
-  pub failed_batches: u64,
-}
-
-/// State under the queue lock.
-struct Queue {
-  /// Items waiting for a worker, oldest first.
-  items: VecDeque<Queued>,
-  /// Set by `close`; no item is accepted afterwards.
-  closing: Option<CloseMode>,
-  /// Workers waiting on `Shared::available`.
-  idle: usize,
-}
-
-/// What the workers and the pool handle share.
-struct Shared {
-  queue: Mutex<Queue>,
-  /// Signalled when items arrive or the pool closes.
-  available: Condvar,
-  /// How batches are cut.
-  policy: BatchPolicy,
-  /// Batches run.
-  batches: AtomicU64,
-  /// Items run successfully.
-  items: AtomicU64,
+  /// Batches it ran (successful or not).
+  pub batches: u64,
   /// Batches that failed.
-  failed_batches: AtomicU64,
+  pub errors: u64,
+  /// Successful steals from other workers.
+  pub steals: u64,
+  /// Current adaptive token budget.
+  pub token_budget: usize,
+  /// Time spent running batches.
+  pub busy: Duration,
+  /// Measured throughput, items per second (0 until it has run a batch).
+  pub items_per_second: f64,
 }
 
-impl Shared {
-  fn lock(&self) -> MutexGuard<'_, Queue> {
-    self.queue.lock().expect("queue lock poisoned. This is a bug.")
+/// Counters and queue depth of the whole pool.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolStats {
+  /// Items accepted and not yet completed (queued or running).
+  pub outstanding: usize,
+  /// Items running now.
+  pub in_flight: usize,
+  /// Per worker.
+  pub workers: Vec<WorkerStats>,
+}
+
+impl PoolStats {
+  /// Items waiting for a worker.
+  #[must_use]
+  pub fn queued(&self) -> usize {
+    self.outstanding.saturating_sub(self.in_flight)
+  }
+
+  /// Batches run by every worker.
+  #[must_use]
+  pub fn batches(&self) -> u64 {
+    self.workers.iter().map(|w| w.batches).sum()
+  }
+
+  /// Items run by every worker.
+  #[must_use]
+  pub fn items(&self) -> u64 {
+    self.workers.iter().map(|w| w.items).sum()
+  }
+
+  /// Failed batches of every worker.
+  #[must_use]
+  pub fn failed_batches(&self) -> u64 {
+    self.workers.iter().map(|w| w.errors).sum()
+  }
+}
+
+/// Shared, lock-free view of one worker.
+#[derive(Debug, Default)]
+struct WorkerShared {
+  state: AtomicU8,
+  items: AtomicU64,
+  batches: AtomicU64,
+  errors: AtomicU64,
+  steals: AtomicU64,
+  token_budget: AtomicUsize,
+  busy_nanos: AtomicU64,
+  /// Items per second, as `f64` bits (0 = not measured yet).
+  speed: AtomicU64,
+}
+
+/// A cancellation handle for one submitted request.
+#[derive(Clone, Debug)]
+pub struct Ticket {
+  request: Arc<Request>,
+}
+
+impl Ticket {
+  /// Fails the request with `error` unless it is already answered; its items not yet started
+  /// are skipped. Returns whether this call answered it.
+  #[expect(clippy::must_use_candidate, reason = "cancelling is the point; the flag is optional")]
+  pub fn cancel_with(&self, error: PoolError) -> bool {
+    if self.request.is_finished() {
+      return false;
+    }
+    self.request.fail(error);
+    true
+  }
+
+  /// [`Ticket::cancel_with`] [`PoolError::Cancelled`].
+  #[expect(clippy::must_use_candidate, reason = "cancelling is the point; the flag is optional")]
+  pub fn cancel(&self) -> bool {
+    self.cancel_with(PoolError::Cancelled)
+  }
+
+  /// Whether the request has been answered.
+  #[must_use]
+  pub fn is_finished(&self) -> bool {
+    self.request.is_finished()
+  }
+}
+
+/// What the workers and the pool handle share (rayon's `Registry`).
+struct Registry {
+  /// One injector per priority, indexed by [`Priority::index`].
+  injectors: [Injector<Queued>; 2],
+  /// Steal ends of every worker's deque.
+  stealers: Vec<Stealer<Queued>>,
+  /// Park/wake protocol.
+  sleep: Sleep,
+  /// `OPEN`, `DRAIN` or `CANCEL`.
+  closing: AtomicU8,
+  /// Items accepted and not yet completed (decremented by `Queued::drop`).
+  outstanding: Arc<AtomicUsize>,
+  /// Items running now.
+  in_flight: AtomicUsize,
+  /// Admission order.
+  next_seq: AtomicU64,
+  /// Per-worker counters.
+  workers: Vec<WorkerShared>,
+  /// Worker threads, to unpark them from a back-off when the pool closes.
+  threads: Mutex<Vec<Thread>>,
+  config: PoolConfig,
+}
+
+impl Registry {
+  fn closing(&self) -> u8 {
+    // SeqCst with the `outstanding` reservation in `submit`: see the comment there.
+    self.closing.load(Ordering::SeqCst)
+  }
+
+  fn push(&self, item: Queued) {
+    self.injectors[item.request.priority.index()].push(item);
+  }
+
+  /// Sum of the measured speeds of every worker; unmeasured workers count as the mean of the
+  /// measured ones (or 1 when none is measured yet).
+  fn speeds(&self) -> (f64, usize, f64) {
+    let mut known = 0.0;
+    let mut count = 0;
+    for w in &self.workers {
+      let s = f64::from_bits(w.speed.load(Ordering::Relaxed));
+      if s > 0.0 {
+        known += s;
+        count += 1;
+      }
+    }
+    let mean =
+      if count == 0 { 1.0 } else { known / f64::from(u32::try_from(count).unwrap_or(u32::MAX)) };
+    let total =
+      known + mean * f64::from(u32::try_from(self.workers.len() - count).unwrap_or(u32::MAX));
+    (total, count, mean)
   }
 }
 
 /// A pool of worker threads that batch items across requests.
 pub struct Pool {
-  shared: Arc<Shared>,
+  registry: Arc<Registry>,
   tokenizer: Arc<dyn Tokenize>,
   dimension: usize,
-  threads: Mutex<Vec<JoinHandle<()>>>,
+  handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -119,19 +305,24 @@ impl Pool {
     factory: BackendFactory,
   ) -> Result<Self, BackendError> {
     assert!(config.workers > 0, "a pool needs at least one worker");
-    let shared = Arc::new(Shared {
-      queue: Mutex::new(Queue { items: VecDeque::new(), closing: None, idle: 0 }),
-      available: Condvar::new(),
-      policy: config.policy,
-      batches: AtomicU64::new(0),
-      items: AtomicU64::new(0),
-      failed_batches: AtomicU64::new(0),
+    let deques: Vec<Worker<Queued>> = (0..config.workers).map(|_| Worker::new_fifo()).collect();
+    let registry = Arc::new(Registry {
+      injectors: [Injector::new(), Injector::new()],
+      stealers: deques.iter().map(Worker::stealer).collect(),
+      sleep: Sleep::default(),
+      closing: AtomicU8::new(OPEN),
+      outstanding: Arc::new(AtomicUsize::new(0)),
+      in_flight: AtomicUsize::new(0),
+      next_seq: AtomicU64::new(0),
+      workers: (0..config.workers).map(|_| WorkerShared::default()).collect(),
+      threads: Mutex::new(Vec::new()),
+      config: config.clone(),
     });
     let factory = Arc::new(factory);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, BackendError>>();
-    let mut threads = Vec::with_capacity(config.workers);
-    for index in 0..config.workers {
-      let shared = Arc::clone(&shared);
+    let mut handles = Vec::with_capacity(config.workers);
+    for (index, deque) in deques.into_iter().enumerate() {
+      let worker_registry = Arc::clone(&registry);
       let factory = Arc::clone(&factory);
       let ready = ready_tx.clone();
       let spawned =
@@ -143,15 +334,25 @@ impl Pool {
             Ok(backend) => {
               let _ = ready.send(Ok(backend.dimension()));
               drop(ready);
-              worker_loop(&shared, backend);
+              WorkerThread::new(index, worker_registry, deque, backend).run();
             }
             Err(error) => {
+              worker_registry.workers[index]
+                .state
+                .store(WorkerState::Stopped as u8, Ordering::Relaxed);
               let _ = ready.send(Err(error));
             }
           }
         });
       match spawned {
-        Ok(handle) => threads.push(handle),
+        Ok(handle) => {
+          registry
+            .threads
+            .lock()
+            .expect("thread list lock poisoned. This is a bug.")
+            .push(handle.thread().clone());
+          handles.push(handle);
+        }
         Err(error) => {
           let _ = ready_tx.send(Err(BackendError::new(
             BackendErrorKind::Device,
@@ -183,10 +384,10 @@ impl Pool {
       }
     }
     let pool = Self {
-      shared,
+      registry,
       tokenizer,
       dimension: dimension.unwrap_or_default(),
-      threads: Mutex::new(threads),
+      handles: Mutex::new(handles),
     };
     if let Some(error) = failure {
       pool.close(CloseMode::Cancel);
@@ -202,73 +403,119 @@ impl Pool {
   }
 
   /// Tokenizes `texts` on the calling thread and queues them as one request. `reply` is called
-  /// exactly once, from a worker thread, with `texts.len() × dimension` values in input order
-  /// or the first error. When `submit` itself returns an error, `reply` is never called.
-  pub fn submit(&self, texts: &[String], reply: Reply) -> Result<(), PoolError> {
-    if self.shared.lock().closing.is_some() {
+  /// exactly once, from a worker thread (or this one), with `texts.len() × dimension` values in
+  /// input order, or with the first error. When `submit` itself returns an error, `reply` is
+  /// never called.
+  pub fn submit(
+    &self,
+    texts: &[String],
+    options: SubmitOptions,
+    reply: Reply,
+  ) -> Result<Ticket, PoolError> {
+    let registry = &self.registry;
+    let request = Arc::new(Request::new(texts.len(), self.dimension, options, reply));
+    let ticket = Ticket { request: Arc::clone(&request) };
+    // Reserve the places before looking at `closing` (both SeqCst): a drain that starts after
+    // this check then sees the reservation and keeps its workers until these items are done.
+    let before = registry.outstanding.fetch_add(texts.len(), Ordering::SeqCst);
+    let release = |registry: &Registry| {
+      registry.outstanding.fetch_sub(texts.len(), Ordering::SeqCst);
+      request.forget_reply();
+      // A draining worker may be waiting for the count to reach zero.
+      registry.sleep.notify(Wake::All);
+    };
+    if registry.closing() != OPEN {
+      release(registry);
       return Err(PoolError::Closed);
     }
     if texts.is_empty() {
-      reply(Ok(Vec::new()));
-      return Ok(());
+      request.complete_empty();
+      return Ok(ticket);
     }
-    let encoded = self.tokenizer.encode(texts)?;
-    if encoded.len() != texts.len() {
-      return Err(PoolError::Backend(BackendError::new(
-        BackendErrorKind::Model,
-        format!("the tokenizer returned {} encodings for {} texts", encoded.len(), texts.len()),
-      )));
+    let limit = registry.config.max_queued_items;
+    if before + texts.len() > limit {
+      release(registry);
+      return Err(PoolError::Overloaded { queued: before, requested: texts.len(), limit });
     }
-    let request = Arc::new(Request::new(texts.len(), self.dimension, reply));
-    let mut queue = self.shared.lock();
-    if queue.closing.is_some() {
-      return Err(PoolError::Closed);
+    let encoded = match self.tokenizer.encode(texts) {
+      Ok(encoded) if encoded.len() == texts.len() => encoded,
+      Ok(encoded) => {
+        release(registry);
+        return Err(PoolError::Backend(BackendError::new(
+          BackendErrorKind::Model,
+          format!("the tokenizer returned {} encodings for {} texts", encoded.len(), texts.len()),
+        )));
+      }
+      Err(error) => {
+        release(registry);
+        return Err(error.into());
+      }
+    };
+    let now = Instant::now();
+    let first = registry.next_seq.fetch_add(texts.len() as u64, Ordering::Relaxed);
+    for (index, input) in encoded.into_iter().enumerate() {
+      registry.push(Queued {
+        request: Arc::clone(&request),
+        index,
+        input,
+        seq: first + index as u64,
+        admitted_at: now,
+        attempts: 0,
+        outstanding: Arc::clone(&registry.outstanding),
+      });
     }
-    queue.items.extend(encoded.into_iter().enumerate().map(|(index, input)| Queued {
-      request: Arc::clone(&request),
-      index,
-      input,
-    }));
-    let idle = queue.idle;
-    drop(queue);
-    if idle > 0 {
-      self.shared.available.notify_one();
+    registry.sleep.notify(if texts.len() > 1 { Wake::All } else { Wake::One });
+    // A close that raced with this submit may have missed these items: settle them here.
+    if registry.closing() == CANCEL {
+      drain_injectors(registry);
     }
-    Ok(())
+    Ok(ticket)
   }
 
   /// Counters and queue depth now.
   #[must_use]
   pub fn stats(&self) -> PoolStats {
-    let queued = self.shared.lock().items.len();
+    let r = &self.registry;
     PoolStats {
-      queued,
-      batches: self.shared.batches.load(Ordering::Relaxed),
-      items: self.shared.items.load(Ordering::Relaxed),
-      failed_batches: self.shared.failed_batches.load(Ordering::Relaxed),
+      outstanding: r.outstanding.load(Ordering::Relaxed),
+      in_flight: r.in_flight.load(Ordering::Relaxed),
+      workers: r
+        .workers
+        .iter()
+        .map(|w| WorkerStats {
+          state: WorkerState::from_u8(w.state.load(Ordering::Relaxed)),
+          items: w.items.load(Ordering::Relaxed),
+          batches: w.batches.load(Ordering::Relaxed),
+          errors: w.errors.load(Ordering::Relaxed),
+          steals: w.steals.load(Ordering::Relaxed),
+          token_budget: w.token_budget.load(Ordering::Relaxed),
+          busy: Duration::from_nanos(w.busy_nanos.load(Ordering::Relaxed)),
+          items_per_second: f64::from_bits(w.speed.load(Ordering::Relaxed)),
+        })
+        .collect(),
     }
   }
 
   /// Stops admission, drains or cancels what is queued, and joins every worker thread. Calling
-  /// it again is harmless.
+  /// it again is harmless; a cancel after a drain turns the drain into a cancel.
   pub fn close(&self, mode: CloseMode) {
-    let cancelled: Vec<Queued> = {
-      let mut queue = self.shared.lock();
-      if queue.closing.is_none() || mode == CloseMode::Cancel {
-        queue.closing = Some(mode);
-      }
-      if mode == CloseMode::Cancel { queue.items.drain(..).collect() } else { Vec::new() }
-    };
-    for item in cancelled {
-      item.request.fail(PoolError::Closed);
+    let registry = &self.registry;
+    let target = if mode == CloseMode::Cancel { CANCEL } else { DRAIN };
+    registry.closing.fetch_max(target, Ordering::SeqCst);
+    if target == CANCEL {
+      drain_injectors(registry);
     }
-    self.shared.available.notify_all();
-    let threads =
-      std::mem::take(&mut *self.threads.lock().expect("thread list lock poisoned. This is a bug."));
-    for thread in threads {
-      // A worker never panics outside `catch_unwind`; a join error would only repeat a panic
+    registry.sleep.notify(Wake::All);
+    for thread in registry.threads.lock().expect("thread list lock poisoned. This is a bug.").iter()
+    {
+      thread.unpark();
+    }
+    let handles =
+      std::mem::take(&mut *self.handles.lock().expect("thread list lock poisoned. This is a bug."));
+    for handle in handles {
+      // Workers run backends under `catch_unwind`; a join error would repeat a panic that was
       // already reported to the callers of that batch.
-      let _ = thread.join();
+      let _ = handle.join();
     }
   }
 }
@@ -279,56 +526,388 @@ impl Drop for Pool {
   }
 }
 
-fn worker_loop(shared: &Shared, mut backend: Box<dyn Backend>) {
-  let dimension = backend.dimension();
-  let mut out = Vec::new();
-  while let Some(batch) = next_batch(shared) {
-    let inputs: Vec<_> = batch.iter().map(|q| &q.input).collect();
-    out.clear();
-    out.resize(inputs.len() * dimension, 0.0);
-    let result =
-      catch_unwind(AssertUnwindSafe(|| backend.run(&inputs, &mut out))).unwrap_or_else(|panic| {
-        Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic)))
-      });
-    shared.batches.fetch_add(1, Ordering::Relaxed);
-    match result {
-      Ok(()) => {
-        shared.items.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        for (item, row) in batch.iter().zip(out.chunks_exact(dimension.max(1))) {
-          item.request.complete_row(item.index, row);
-        }
-      }
-      Err(error) => {
-        shared.failed_batches.fetch_add(1, Ordering::Relaxed);
-        for item in &batch {
-          item.request.fail(PoolError::Backend(error.clone()));
-        }
+/// Fails every item in the injectors with `Closed`.
+fn drain_injectors(registry: &Registry) {
+  for injector in &registry.injectors {
+    loop {
+      match injector.steal() {
+        Steal::Success(item) => item.request.fail(PoolError::Closed),
+        Steal::Retry => {}
+        Steal::Empty => break,
       }
     }
   }
 }
 
-/// Blocks until a batch is available; `None` once the pool is closing and nothing is left.
-fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
-  let mut queue = shared.lock();
-  loop {
-    let idle = queue.idle;
-    let batch = shared.policy.take(&mut queue.items, idle);
-    if !batch.is_empty() {
-      let wake_another = !queue.items.is_empty() && queue.idle > 0;
-      drop(queue);
-      if wake_another {
-        shared.available.notify_one();
-      }
-      return Some(batch);
+/// One worker's private state (rayon's `WorkerThread`).
+struct WorkerThread {
+  index: usize,
+  registry: Arc<Registry>,
+  deque: Worker<Queued>,
+  backend: Box<dyn Backend>,
+  controller: Controller,
+  /// Batches taken so far (drives the fairness tick).
+  tick: u64,
+  /// Consecutive failed batches (drives the back-off).
+  failures: u32,
+  /// xorshift state for choosing steal victims.
+  rng: u64,
+  /// Reused output buffer.
+  out: Vec<f32>,
+}
+
+impl WorkerThread {
+  fn new(
+    index: usize,
+    registry: Arc<Registry>,
+    deque: Worker<Queued>,
+    backend: Box<dyn Backend>,
+  ) -> Self {
+    let controller =
+      Controller::new(registry.config.adaptive, registry.config.policy.max_batch_tokens);
+    registry.workers[index].token_budget.store(controller.budget(), Ordering::Relaxed);
+    Self {
+      index,
+      registry,
+      deque,
+      backend,
+      controller,
+      tick: 0,
+      failures: 0,
+      rng: 0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1),
+      out: Vec::new(),
     }
-    if queue.closing.is_some() {
-      return None;
-    }
-    queue.idle += 1;
-    queue = shared.available.wait(queue).expect("queue lock poisoned. This is a bug.");
-    queue.idle -= 1;
   }
+
+  fn shared(&self) -> &WorkerShared {
+    &self.registry.workers[self.index]
+  }
+
+  fn set_state(&self, state: WorkerState) {
+    self.shared().state.store(state as u8, Ordering::Relaxed);
+  }
+
+  fn run(mut self) {
+    loop {
+      let mode = self.registry.closing();
+      if mode == CANCEL {
+        self.cancel_local();
+        drain_injectors(&self.registry);
+        break;
+      }
+      let seen = self.registry.sleep.epoch();
+      if let Some(found) = self.find_work() {
+        self.run_batch(found);
+        continue;
+      }
+      // SeqCst with the reservation in `submit` and the decrement in `Queued::drop`: zero means
+      // every accepted item has been settled and no submit can still add one.
+      if mode == DRAIN && self.registry.outstanding.load(Ordering::SeqCst) == 0 {
+        break;
+      }
+      self.set_state(WorkerState::Idle);
+      self.registry.sleep.sleep(seen);
+    }
+    self.set_state(WorkerState::Stopped);
+    // Others may be waiting for the last item or for the close to be noticed.
+    self.registry.sleep.notify(Wake::All);
+  }
+
+  fn cancel_local(&self) {
+    while let Some(item) = self.deque.pop() {
+      item.request.fail(PoolError::Closed);
+    }
+  }
+
+  fn next_random(&mut self) -> u64 {
+    self.rng ^= self.rng << 13;
+    self.rng ^= self.rng >> 7;
+    self.rng ^= self.rng << 17;
+    self.rng
+  }
+
+  /// This worker's share of the queued items: proportional to its measured speed.
+  #[expect(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "small counts"
+  )]
+  fn share(&self) -> usize {
+    let r = &self.registry;
+    let queued =
+      r.outstanding.load(Ordering::Relaxed).saturating_sub(r.in_flight.load(Ordering::Relaxed));
+    let (total, _, mean) = r.speeds();
+    let mine = f64::from_bits(self.shared().speed.load(Ordering::Relaxed));
+    let mine = if mine > 0.0 { mine } else { mean };
+    ((queued as f64 * mine / total).ceil() as usize).max(1)
+  }
+
+  /// Looks for the next batch (module docs, steps 2–3). `None` when nothing is runnable
+  /// anywhere. The flag tells whether the token budget bounded the batch.
+  fn find_work(&mut self) -> Option<(Vec<Queued>, bool)> {
+    let policy = self.registry.config.policy;
+    let share = self.share();
+    let cap = policy.max_batch_size.min(share).max(1);
+    self.tick += 1;
+    let bulk_first = self.tick.is_multiple_of(FAIRNESS_INTERVAL);
+    let mut held = false;
+    loop {
+      let mut candidates = self.gather(cap, share, bulk_first);
+      let now = Instant::now();
+      candidates.retain(|item| runnable(item, now));
+      if candidates.is_empty() {
+        return None;
+      }
+      if !held
+        && !policy.max_wait.is_zero()
+        && candidates.len() < cap
+        && self.registry.closing() == OPEN
+      {
+        let oldest =
+          candidates.iter().map(|c| c.admitted_at).min().expect("candidates is not empty");
+        let waited = oldest.elapsed();
+        if waited < policy.max_wait {
+          // Hold the partial batch open once: put it back and wait for more arrivals.
+          held = true;
+          let seen = self.registry.sleep.epoch();
+          for item in candidates {
+            self.deque.push(item);
+          }
+          self.registry.sleep.sleep_for(seen, policy.max_wait.saturating_sub(waited));
+          continue;
+        }
+      }
+      let mut selection = select(candidates, cap, self.controller.budget(), policy.max_padding);
+      // The rest goes back in length order: a thief takes from the front, so what it steals is a
+      // run of similar lengths that batches with little padding.
+      selection.rest.sort_by_key(Queued::len);
+      for item in selection.rest {
+        self.deque.push(item);
+      }
+      if !self.deque.is_empty() || !self.registry.injectors.iter().all(Injector::is_empty) {
+        // Work is left: let an idle worker have it.
+        self.registry.sleep.notify(Wake::One);
+      }
+      return Some((selection.batch, selection.budget_bound));
+    }
+  }
+
+  /// Collects candidates: interactive items first (unless it is bulk's turn), else the local
+  /// deque topped up to this worker's share from the bulk injector, else a steal.
+  fn gather(&mut self, cap: usize, share: usize, bulk_first: bool) -> Vec<Queued> {
+    let window = self.registry.config.policy.window.max(1);
+    let mut candidates = Vec::new();
+    if !bulk_first {
+      self.take_interactive(cap, &mut candidates);
+      if !candidates.is_empty() {
+        return candidates;
+      }
+    }
+    let _ = share;
+    if self.deque.len() < window {
+      self.refill(window - self.deque.len());
+    }
+    if self.deque.is_empty() {
+      self.steal();
+    }
+    while candidates.len() < window {
+      let Some(item) = self.deque.pop() else { break };
+      candidates.push(item);
+    }
+    if candidates.is_empty() && bulk_first {
+      self.take_interactive(cap, &mut candidates);
+    }
+    candidates
+  }
+
+  /// Moves up to `cap` interactive items straight into `out`.
+  fn take_interactive(&self, cap: usize, out: &mut Vec<Queued>) {
+    let injector = &self.registry.injectors[Priority::Interactive.index()];
+    while out.len() < cap {
+      match injector.steal() {
+        Steal::Success(item) => out.push(item),
+        Steal::Retry => {}
+        Steal::Empty => break,
+      }
+    }
+  }
+
+  /// Moves up to `limit` bulk items from the injector into the local deque.
+  fn refill(&self, limit: usize) {
+    let injector = &self.registry.injectors[Priority::Bulk.index()];
+    let target = self.deque.len() + limit;
+    while self.deque.len() < target {
+      match injector.steal_batch_with_limit(&self.deque, target - self.deque.len()) {
+        Steal::Success(()) | Steal::Retry => {}
+        Steal::Empty => break,
+      }
+    }
+  }
+
+  /// Steals a batch from random victims into the local deque (crossbeam's `find_task` shape:
+  /// loop only while some victim answered `Retry`).
+  fn steal(&mut self) {
+    let count = self.registry.stealers.len();
+    if count < 2 {
+      return;
+    }
+    for _ in 0..STEAL_ROUNDS {
+      let start = usize::try_from(self.next_random() % count as u64).unwrap_or(0);
+      let mut retry = false;
+      for offset in 0..count {
+        let victim = (start + offset) % count;
+        if victim == self.index {
+          continue;
+        }
+        match self.registry.stealers[victim].steal_batch(&self.deque) {
+          Steal::Success(()) => {
+            self.shared().steals.fetch_add(1, Ordering::Relaxed);
+            return;
+          }
+          Steal::Retry => retry = true,
+          Steal::Empty => {}
+        }
+      }
+      if !retry {
+        return;
+      }
+    }
+  }
+
+  /// Runs one batch and settles every item in it (module docs, step 4).
+  fn run_batch(&mut self, (batch, budget_bound): (Vec<Queued>, bool)) {
+    let registry = Arc::clone(&self.registry);
+    let dimension = self.backend.dimension();
+    let count = batch.len();
+    let padded = batch.iter().map(Queued::len).max().unwrap_or(0) * count;
+    registry.in_flight.fetch_add(count, Ordering::Relaxed);
+    self.set_state(WorkerState::Busy);
+    self.out.clear();
+    self.out.resize(count * dimension, 0.0);
+    let started = Instant::now();
+    let result = {
+      let inputs: Vec<&crate::TokenizedText> = batch.iter().map(|q| &q.input).collect();
+      let (backend, out) = (&mut self.backend, &mut self.out);
+      catch_unwind(AssertUnwindSafe(|| backend.run(&inputs, out))).unwrap_or_else(|panic| {
+        Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic)))
+      })
+    };
+    let elapsed = started.elapsed();
+    let shared = &registry.workers[self.index];
+    shared.batches.fetch_add(1, Ordering::Relaxed);
+    shared
+      .busy_nanos
+      .fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    match result {
+      Ok(()) => {
+        self.failures = 0;
+        shared.items.fetch_add(count as u64, Ordering::Relaxed);
+        self.controller.observe(padded, elapsed, budget_bound);
+        self.record_speed(count, elapsed);
+        registry.in_flight.fetch_sub(count, Ordering::Relaxed);
+        for (item, row) in batch.into_iter().zip(self.out.chunks_exact(dimension.max(1))) {
+          // Settle the item (it leaves `outstanding`) before its request may be answered, so a
+          // caller that gets its answer never sees its own items still counted.
+          let (request, index) = (Arc::clone(&item.request), item.index);
+          drop(item);
+          request.complete_row(index, row);
+        }
+      }
+      Err(error) => {
+        shared.errors.fetch_add(1, Ordering::Relaxed);
+        registry.in_flight.fetch_sub(count, Ordering::Relaxed);
+        self.settle_failure(batch, &error, padded);
+      }
+    }
+    shared.token_budget.store(self.controller.budget(), Ordering::Relaxed);
+  }
+
+  fn record_speed(&self, items: usize, elapsed: Duration) {
+    if elapsed.is_zero() {
+      return;
+    }
+    #[expect(clippy::cast_precision_loss, reason = "batch sizes are small")]
+    let rate = items as f64 / elapsed.as_secs_f64();
+    let speed = &self.shared().speed;
+    let old = f64::from_bits(speed.load(Ordering::Relaxed));
+    let new = if old > 0.0 { old * 0.7 + rate * 0.3 } else { rate };
+    speed.store(new.to_bits(), Ordering::Relaxed);
+  }
+
+  /// Failure semantics (module docs, step 4).
+  fn settle_failure(&mut self, batch: Vec<Queued>, error: &BackendError, padded: usize) {
+    let registry = Arc::clone(&self.registry);
+    let cancelling = registry.closing() == CANCEL;
+    match error.kind {
+      BackendErrorKind::OutOfMemory if batch.len() > 1 && !cancelling => {
+        // Smaller batches may fit: halve the budget for good and run the items again.
+        self.controller.out_of_memory(padded);
+        for item in batch {
+          self.deque.push(item);
+        }
+      }
+      BackendErrorKind::InvalidInput => {
+        for item in batch {
+          item.request.fail(PoolError::Backend(error.clone()));
+        }
+      }
+      _ => {
+        let max_attempts = registry.config.max_attempts.max(1);
+        let mut requeued = false;
+        for mut item in batch {
+          item.attempts += 1;
+          if item.attempts >= max_attempts || cancelling || item.request.is_finished() {
+            item.request.fail(if cancelling {
+              PoolError::Closed
+            } else {
+              PoolError::Backend(error.clone())
+            });
+          } else {
+            registry.push(item);
+            requeued = true;
+          }
+        }
+        if requeued {
+          registry.sleep.notify(Wake::All);
+        }
+        self.failures += 1;
+        self.back_off();
+      }
+    }
+  }
+
+  /// Pauses after consecutive failures: `backoff_initial × 2^(failures-1)`, at most
+  /// `backoff_max`; cut short when the pool closes.
+  fn back_off(&self) {
+    let config = &self.registry.config;
+    let exponent = self.failures.saturating_sub(1).min(20);
+    let pause = config.backoff_initial.saturating_mul(1 << exponent).min(config.backoff_max);
+    if pause.is_zero() {
+      return;
+    }
+    self.set_state(WorkerState::BackingOff);
+    let until = Instant::now() + pause;
+    while self.registry.closing() != CANCEL {
+      let now = Instant::now();
+      if now >= until {
+        break;
+      }
+      std::thread::park_timeout(until - now);
+    }
+  }
+}
+
+/// Whether `item` should still run; settles it (and drops it) when not.
+fn runnable(item: &Queued, now: Instant) -> bool {
+  if item.request.is_finished() {
+    return false;
+  }
+  if item.request.deadline.is_some_and(|deadline| deadline <= now) {
+    item.request.fail(PoolError::Timeout);
+    return false;
+  }
+  true
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

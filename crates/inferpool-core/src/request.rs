@@ -8,12 +8,45 @@
 //! 3. `finished` is set before the reply runs, so workers can skip items of finished requests
 //!    without taking the lock.
 
-use std::sync::{
-  Mutex,
-  atomic::{AtomicBool, Ordering},
+use std::{
+  sync::{
+    Mutex,
+    atomic::{AtomicBool, Ordering},
+  },
+  time::Instant,
 };
 
 use crate::PoolError;
+
+/// Which queue a request's items wait in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Priority {
+  /// Served first (a user waits on it).
+  Interactive,
+  /// Served when no interactive work waits, and at least every few batches regardless, so it is
+  /// never starved.
+  #[default]
+  Bulk,
+}
+
+impl Priority {
+  /// Index of the priority's injector.
+  pub(crate) fn index(self) -> usize {
+    match self {
+      Self::Interactive => 0,
+      Self::Bulk => 1,
+    }
+  }
+}
+
+/// Per-request options of [`crate::Pool::submit`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SubmitOptions {
+  /// Queue class.
+  pub priority: Priority,
+  /// Items not started by then are not run; the request fails with [`PoolError::Timeout`].
+  pub deadline: Option<Instant>,
+}
 
 /// How a request is answered: the flat result (`items × dimension` values, row `i` for item `i`)
 /// or the reason it failed.
@@ -23,6 +56,10 @@ pub type Reply = Box<dyn FnOnce(Result<Vec<f32>, PoolError>) + Send>;
 pub(crate) struct Request {
   /// Width of one row.
   dimension: usize,
+  /// Queue class of every item.
+  pub(crate) priority: Priority,
+  /// Latest start time, if any.
+  pub(crate) deadline: Option<Instant>,
   /// Set once the reply has been taken; lets workers skip dead items cheaply.
   finished: AtomicBool,
   /// Rows written so far and the reply, under one lock.
@@ -45,9 +82,11 @@ impl std::fmt::Debug for Request {
 }
 
 impl Request {
-  pub(crate) fn new(items: usize, dimension: usize, reply: Reply) -> Self {
+  pub(crate) fn new(items: usize, dimension: usize, options: SubmitOptions, reply: Reply) -> Self {
     Self {
       dimension,
+      priority: options.priority,
+      deadline: options.deadline,
       finished: AtomicBool::new(false),
       state: Mutex::new(State {
         data: vec![0.0; items * dimension],
@@ -95,6 +134,24 @@ impl Request {
     }
   }
 
+  /// Answers a request of zero items with an empty result.
+  pub(crate) fn complete_empty(&self) {
+    let reply = {
+      let mut state = self.state.lock().expect("request lock poisoned. This is a bug.");
+      Self::take_reply(&mut state, &self.finished)
+    };
+    if let Some(reply) = reply {
+      reply(Ok(Vec::new()));
+    }
+  }
+
+  /// Drops the reply without calling it (the submit that created the request failed and
+  /// reports its error directly).
+  pub(crate) fn forget_reply(&self) {
+    let mut state = self.state.lock().expect("request lock poisoned. This is a bug.");
+    drop(Self::take_reply(&mut state, &self.finished));
+  }
+
   /// Answers the request with `error` unless it has been answered already.
   pub(crate) fn fail(&self, error: PoolError) {
     let reply = {
@@ -104,6 +161,17 @@ impl Request {
     };
     if let Some(reply) = reply {
       reply(Err(error));
+    }
+  }
+}
+
+impl Drop for Request {
+  /// The last line of the exactly-once guarantee: a request whose items all went away without
+  /// an answer (which would be a bug) still answers its caller instead of leaving it waiting.
+  fn drop(&mut self) {
+    let reply = self.state.get_mut().map(|state| state.reply.take()).unwrap_or_default();
+    if let Some(reply) = reply {
+      reply(Err(PoolError::Internal("a request was dropped without an answer".to_owned())));
     }
   }
 }

@@ -44,11 +44,43 @@ pub struct SimBackend {
   pub per_token: Duration,
   /// Multiplies every cost (a slow device has `slowdown > 1`).
   pub slowdown: f64,
+  /// Probability that a batch fails with a transient [`BackendErrorKind::Run`] error.
+  pub flaky: f64,
+  /// Batches with more padded tokens than this fail with [`BackendErrorKind::OutOfMemory`].
+  pub memory_tokens: Option<usize>,
+  /// Seed of the failure draws.
+  pub seed: u64,
 }
 
 impl Default for SimBackend {
   fn default() -> Self {
-    Self { dimension: 4, per_batch: Duration::ZERO, per_token: Duration::ZERO, slowdown: 1.0 }
+    Self {
+      dimension: 4,
+      per_batch: Duration::ZERO,
+      per_token: Duration::ZERO,
+      slowdown: 1.0,
+      flaky: 0.0,
+      memory_tokens: None,
+      seed: 1,
+    }
+  }
+}
+
+impl SimBackend {
+  /// The time a batch of `padded` tokens takes on this backend.
+  #[must_use]
+  pub fn cost(&self, padded: usize) -> Duration {
+    (self.per_batch + self.per_token * u32::try_from(padded).unwrap_or(u32::MAX))
+      .mul_f64(self.slowdown)
+  }
+
+  /// Next pseudo-random number in [0, 1).
+  #[expect(clippy::cast_precision_loss, reason = "53 random bits")]
+  fn draw(&mut self) -> f64 {
+    self.seed ^= self.seed << 13;
+    self.seed ^= self.seed >> 7;
+    self.seed ^= self.seed << 17;
+    (self.seed >> 11) as f64 / (1_u64 << 53) as f64
   }
 }
 
@@ -88,10 +120,19 @@ impl Backend for SimBackend {
     if contains(b"fail") {
       return Err(BackendError::new(BackendErrorKind::Run, "simulated failure"));
     }
-    let padded = batch.iter().map(|item| item.len()).max().unwrap_or(0) * batch.len();
-    let cost = self.per_batch + self.per_token * u32::try_from(padded).unwrap_or(u32::MAX);
+    let padded = batch.iter().map(|item| item.len().max(1)).max().unwrap_or(0) * batch.len();
+    if self.memory_tokens.is_some_and(|limit| padded > limit) {
+      return Err(BackendError::new(
+        BackendErrorKind::OutOfMemory,
+        format!("{padded} tokens do not fit"),
+      ));
+    }
+    if self.flaky > 0.0 && self.draw() < self.flaky {
+      return Err(BackendError::new(BackendErrorKind::Run, "simulated transient failure"));
+    }
+    let cost = self.cost(padded);
     if !cost.is_zero() {
-      std::thread::sleep(cost.mul_f64(self.slowdown));
+      std::thread::sleep(cost);
     }
     for (item, row) in batch.iter().zip(out.chunks_exact_mut(self.dimension)) {
       write_row(item, row);

@@ -1,115 +1,122 @@
 //! The pool answers requests with the right rows in the right order, and survives failures.
 
-use std::{
-  sync::{Arc, mpsc},
-  time::Duration,
-};
+mod common;
 
+use std::{sync::Arc, time::Duration};
+
+use common::{DIM, config, embed, expected, pool, pool_with, sim, submit};
 use inferpool_core::{
-  BackendErrorKind, BatchPolicy, CloseMode, Pool, PoolConfig, PoolError,
-  sim::{SimBackend, SimTokenizer, expected_row},
+  BackendError, BackendErrorKind, CloseMode, Pool, PoolConfig, PoolError, SubmitOptions,
+  sim::{SimBackend, SimTokenizer},
 };
-
-const DIM: usize = 4;
-
-fn pool(workers: usize, backend: SimBackend) -> Pool {
-  let config =
-    PoolConfig { workers, policy: BatchPolicy { max_batch_size: 8, ..BatchPolicy::default() } };
-  Pool::new(&config, Arc::new(SimTokenizer), Box::new(move |_| Ok(Box::new(backend.clone()))))
-    .expect("pool starts")
-}
-
-fn embed(pool: &Pool, texts: &[String]) -> Result<Vec<f32>, PoolError> {
-  let (tx, rx) = mpsc::channel();
-  pool.submit(texts, Box::new(move |result| tx.send(result).expect("receiver alive")))?;
-  rx.recv_timeout(Duration::from_secs(10)).expect("request answered")
-}
-
-fn expected(texts: &[String]) -> Vec<f32> {
-  texts.iter().flat_map(|t| expected_row(t, DIM)).collect()
-}
 
 #[test]
 fn answers_in_input_order() {
-  let pool = pool(2, SimBackend { dimension: DIM, ..SimBackend::default() });
+  let pool = pool(2, sim());
   let texts: Vec<String> = (0..200).map(|i| "x".repeat(1 + (i * 37) % 50)).collect();
   assert_eq!(embed(&pool, &texts).unwrap(), expected(&texts));
   let stats = pool.stats();
-  assert_eq!(stats.items, 200);
-  assert_eq!(stats.queued, 0);
+  assert_eq!(stats.items(), 200);
+  assert_eq!(stats.queued(), 0);
+  assert_eq!(stats.outstanding, 0);
 }
 
 #[test]
 fn empty_request_completes() {
-  let pool = pool(1, SimBackend { dimension: DIM, ..SimBackend::default() });
+  let pool = pool(1, sim());
   assert!(embed(&pool, &[]).unwrap().is_empty());
 }
 
 #[test]
-fn failed_and_panicking_batches_become_errors() {
-  let pool = pool(2, SimBackend { dimension: DIM, ..SimBackend::default() });
+fn failed_and_panicking_batches_become_errors_after_retries() {
+  let pool = pool(2, sim());
   let err = embed(&pool, &["this will fail".to_owned()]).unwrap_err();
   assert!(matches!(err, PoolError::Backend(ref e) if e.kind == BackendErrorKind::Run), "{err:?}");
   let err = embed(&pool, &["panic now".to_owned()]).unwrap_err();
   assert!(matches!(err, PoolError::Backend(ref e) if e.kind == BackendErrorKind::Panic), "{err:?}");
+  // Each bad item ran `max_attempts` (3) times before its request got the error.
+  assert_eq!(pool.stats().failed_batches(), 6);
   // The workers carry on.
   let texts = vec!["fine".to_owned(), "also fine".to_owned()];
   assert_eq!(embed(&pool, &texts).unwrap(), expected(&texts));
 }
 
 #[test]
-fn close_cancels_queued_items_and_rejects_new_ones() {
-  let pool = pool(
-    1,
-    SimBackend { dimension: DIM, per_batch: Duration::from_millis(20), ..SimBackend::default() },
-  );
-  let (tx, rx) = mpsc::channel();
-  for i in 0..20 {
-    let tx = tx.clone();
-    pool
-      .submit(&[format!("text {i}")], Box::new(move |result| tx.send(result.is_ok()).unwrap()))
-      .unwrap();
-  }
-  drop(tx);
-  pool.close(CloseMode::Cancel);
-  let outcomes: Vec<bool> = rx.iter().collect();
-  assert_eq!(outcomes.len(), 20, "every request answered exactly once");
-  assert!(outcomes.iter().any(|ok| !ok), "queued requests were cancelled");
-  assert!(matches!(embed(&pool, &["late".to_owned()]), Err(PoolError::Closed)));
+fn transient_failures_are_retried_on_another_worker() {
+  let backend = SimBackend { flaky: 0.3, seed: 7, ..sim() };
+  let mut config = config(4, 4);
+  config.max_attempts = 50;
+  let pool = pool_with(&config, backend);
+  let texts: Vec<String> = (0..300).map(|i| format!("item {i}")).collect();
+  assert_eq!(embed(&pool, &texts).unwrap(), expected(&texts));
+  assert!(pool.stats().failed_batches() > 0, "the flaky backend failed some batches");
 }
 
 #[test]
-fn close_drains_when_asked() {
-  let pool = pool(
-    2,
-    SimBackend { dimension: DIM, per_batch: Duration::from_millis(5), ..SimBackend::default() },
-  );
-  let (tx, rx) = mpsc::channel();
-  for i in 0..50 {
-    let tx = tx.clone();
-    pool
-      .submit(&[format!("text {i}")], Box::new(move |result| tx.send(result.is_ok()).unwrap()))
-      .unwrap();
-  }
-  drop(tx);
-  pool.close(CloseMode::Drain);
-  let outcomes: Vec<bool> = rx.iter().collect();
-  assert_eq!(outcomes, vec![true; 50]);
+fn out_of_memory_halves_the_batch_and_caps_the_budget() {
+  let backend = SimBackend { memory_tokens: Some(40), ..sim() };
+  let pool = pool_with(&config(1, 64), backend);
+  let texts: Vec<String> = (0..64).map(|i| format!("{i:>9}")).collect(); // 9 tokens each
+  assert_eq!(embed(&pool, &texts).unwrap(), expected(&texts));
+  let worker = pool.stats().workers[0];
+  assert!(worker.token_budget <= 40, "budget {} above what fits", worker.token_budget);
+  assert!(worker.errors >= 1);
 }
 
 #[test]
 fn backend_build_failure_is_reported() {
-  let config = PoolConfig { workers: 2, policy: BatchPolicy::default() };
+  let config = PoolConfig { workers: 2, ..PoolConfig::default() };
   let result = Pool::new(
     &config,
     Arc::new(SimTokenizer),
     Box::new(|index| {
       if index == 1 {
-        Err(inferpool_core::BackendError::new(BackendErrorKind::Device, "no such device"))
+        Err(BackendError::new(BackendErrorKind::Device, "no such device"))
       } else {
         Ok(Box::new(SimBackend::default()))
       }
     }),
   );
   assert_eq!(result.unwrap_err().message, "no such device");
+}
+
+#[test]
+fn admission_is_bounded() {
+  let mut config = config(1, 4);
+  config.max_queued_items = 10;
+  let pool = pool_with(&config, SimBackend { per_batch: Duration::from_millis(50), ..sim() });
+  let texts: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
+  let (_, first) = submit(&pool, &texts, SubmitOptions::default()).unwrap();
+  let err = submit(&pool, &texts, SubmitOptions::default()).unwrap_err();
+  assert!(matches!(err, PoolError::Overloaded { limit: 10, requested: 8, .. }), "{err:?}");
+  assert_eq!(first.recv_timeout(Duration::from_secs(5)).unwrap().unwrap(), expected(&texts));
+  // Room again once the first request is done.
+  assert_eq!(embed(&pool, &texts).unwrap(), expected(&texts));
+}
+
+#[test]
+fn deadlines_and_cancellation_skip_work() {
+  let pool = pool_with(&config(1, 1), SimBackend { per_batch: Duration::from_millis(30), ..sim() });
+  let busy: Vec<String> = (0..5).map(|i| format!("busy {i}")).collect();
+  let (_, busy_rx) = submit(&pool, &busy, SubmitOptions::default()).unwrap();
+  let late = SubmitOptions {
+    deadline: Some(std::time::Instant::now() + Duration::from_millis(10)),
+    ..SubmitOptions::default()
+  };
+  let (_, late_rx) = submit(&pool, &["late".to_owned()], late).unwrap();
+  let (ticket, cancelled_rx) =
+    submit(&pool, &["cancel me".to_owned()], SubmitOptions::default()).unwrap();
+  assert!(ticket.cancel());
+  assert!(!ticket.cancel(), "a request is answered once");
+  assert!(matches!(cancelled_rx.recv().unwrap(), Err(PoolError::Cancelled)));
+  assert!(matches!(late_rx.recv_timeout(Duration::from_secs(5)).unwrap(), Err(PoolError::Timeout)));
+  assert!(busy_rx.recv_timeout(Duration::from_secs(5)).unwrap().is_ok());
+  pool.close(CloseMode::Drain);
+  // Only the five busy items ran.
+  assert_eq!(pool.stats().items(), 5);
+}
+
+#[test]
+fn dimension_is_the_backends() {
+  assert_eq!(pool(1, sim()).dimension(), DIM);
 }

@@ -3,10 +3,11 @@
 //! Errors cross into JavaScript with their code as a prefix of the message (`CODE: message`);
 //! the TypeScript layer turns them into `PoolError` with that `code`.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use inferpool_core::{
   BackendError, BackendErrorKind, BatchPolicy, CloseMode, Pool, PoolConfig, PoolError,
+  SubmitOptions,
 };
 use inferpool_ort::{
   Device, EmbeddingModel, ModelFiles, Pooling, SessionOptions, backend_factory, init_runtime,
@@ -25,7 +26,7 @@ fn backend_error(error: &BackendError) -> napi::Error {
     BackendErrorKind::ModelNotFound => "MODEL_NOT_FOUND",
     BackendErrorKind::Model => "MODEL_INVALID",
     BackendErrorKind::Device => "DEVICE_UNAVAILABLE",
-    BackendErrorKind::Run => "INFERENCE_FAILED",
+    BackendErrorKind::Run | BackendErrorKind::OutOfMemory => "INFERENCE_FAILED",
     BackendErrorKind::Panic => "INTERNAL",
   };
   coded(code, &error.message)
@@ -35,6 +36,10 @@ fn pool_error(error: &PoolError) -> napi::Error {
   match error {
     PoolError::InvalidInput(message) => coded("INVALID_INPUT", message),
     PoolError::Closed => coded("POOL_CLOSED", "the pool is closed"),
+    PoolError::Overloaded { .. } => coded("OVERLOADED", error),
+    PoolError::Timeout => coded("TIMEOUT", error),
+    PoolError::Cancelled => coded("ABORTED", error),
+    PoolError::Internal(message) => coded("INTERNAL", message),
     PoolError::Backend(error) => backend_error(error),
   }
 }
@@ -80,6 +85,10 @@ pub struct BindingPoolOptions {
   pub normalize: bool,
   /// Override of the model's maximum sequence length.
   pub max_length: Option<u32>,
+  /// Most items accepted and not yet completed.
+  pub max_queued_items: u32,
+  /// How long an idle worker may hold a partial batch open, in milliseconds.
+  pub max_wait_ms: u32,
 }
 
 /// A running pool.
@@ -118,8 +127,11 @@ pub async fn create_pool(options: BindingPoolOptions) -> Result<BindingPool> {
         policy: BatchPolicy {
           max_batch_size: options.max_batch_size.max(1) as usize,
           max_batch_tokens: options.max_batch_tokens.max(1) as usize,
+          max_wait: Duration::from_millis(u64::from(options.max_wait_ms)),
           ..BatchPolicy::default()
         },
+        max_queued_items: options.max_queued_items.max(1) as usize,
+        ..PoolConfig::default()
       };
       let factory = backend_factory(model.files.onnx.clone(), devices, session);
       Ok((Pool::new(&config, model, factory)?, max_length))
@@ -159,6 +171,7 @@ impl BindingPool {
     tokio::task::spawn_blocking(move || {
       pool.submit(
         &texts,
+        SubmitOptions::default(),
         Box::new(move |result| {
           // The receiver is gone only when the caller's future was dropped; nothing to tell.
           let _ = tx.send(result);

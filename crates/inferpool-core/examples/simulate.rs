@@ -1,0 +1,494 @@
+//! Runs the real scheduler threads against the simulated backend and compares them, on the same
+//! scenarios and the same cost model, with three schedulers Node pools use today:
+//!
+//! * (a) least-busy assignment, fixed batches of 160 that wait until full;
+//! * (b) round-robin pre-allocation, batches of up to the batch size;
+//! * (c) one central FIFO queue, batches of up to the batch size;
+//! * (d) inferpool.
+//!
+//! Cost of a batch = `per_batch + per_token × padded tokens`, times the worker's slowdown.
+//! Lower bound of a scenario = total token work ÷ total speed (no batch overhead, no padding),
+//! plus the largest single item on the fastest worker; for bursts, the work left after the last
+//! arrival bounds it too.
+//!
+//! `cargo run --release -p inferpool-core --example simulate`
+#![expect(
+  clippy::print_stdout,
+  clippy::cast_precision_loss,
+  clippy::cast_possible_truncation,
+  clippy::cast_sign_loss,
+  reason = "a report printed to stdout, with float statistics"
+)]
+
+use std::{
+  collections::VecDeque,
+  sync::{Arc, Condvar, Mutex, mpsc},
+  thread,
+  time::{Duration, Instant},
+};
+
+use inferpool_core::{
+  Backend, BatchPolicy, CloseMode, Pool, PoolConfig, SubmitOptions, TokenizedText,
+  sim::{SimBackend, SimTokenizer},
+};
+
+const PER_BATCH: Duration = Duration::from_micros(500);
+const PER_TOKEN: Duration = Duration::from_micros(20);
+
+/// One request: when it arrives (offset from the start) and its item lengths in tokens.
+#[derive(Clone)]
+struct Request {
+  at: Duration,
+  lengths: Vec<usize>,
+}
+
+struct Scenario {
+  name: &'static str,
+  requests: Vec<Request>,
+  slowdowns: Vec<f64>,
+  batch: usize,
+}
+
+impl Scenario {
+  fn speed(&self) -> f64 {
+    self.slowdowns.iter().map(|s| 1.0 / s).sum()
+  }
+
+  fn lower_bound(&self) -> Duration {
+    let token_time = |n: usize| PER_TOKEN.as_secs_f64() * n as f64;
+    let total: usize = self.requests.iter().flat_map(|r| &r.lengths).sum();
+    let fastest = self.slowdowns.iter().copied().fold(f64::INFINITY, f64::min);
+    let largest = self.requests.iter().flat_map(|r| &r.lengths).copied().max().unwrap_or(0);
+    let last = self.requests.iter().max_by_key(|r| r.at).expect("scenarios have requests");
+    let after_last = last.at.as_secs_f64() + token_time(last.lengths.iter().sum()) / self.speed();
+    let bound = (token_time(total) / self.speed()).max(after_last) + token_time(largest) * fastest;
+    Duration::from_secs_f64(bound)
+  }
+
+  fn items(&self) -> usize {
+    self.requests.iter().map(|r| r.lengths.len()).sum()
+  }
+}
+
+/// What one strategy did on one scenario.
+struct Outcome {
+  makespan: Duration,
+  busy: Vec<Duration>,
+  per_worker: Vec<usize>,
+  latencies: Vec<Duration>,
+  completed: usize,
+}
+
+fn backend(slowdown: f64) -> SimBackend {
+  SimBackend {
+    dimension: 4,
+    per_batch: PER_BATCH,
+    per_token: PER_TOKEN,
+    slowdown,
+    ..SimBackend::default()
+  }
+}
+
+fn tokens(len: usize) -> TokenizedText {
+  TokenizedText { ids: vec![120; len], type_ids: vec![0; len] }
+}
+
+/// Replays the arrivals: calls `submit(request index)` at each request's offset.
+fn replay(scenario: &Scenario, start: Instant, mut submit: impl FnMut(usize)) {
+  for (i, r) in scenario.requests.iter().enumerate() {
+    let due = start + r.at;
+    let now = Instant::now();
+    if due > now {
+      thread::sleep(due - now);
+    }
+    submit(i);
+  }
+}
+
+/// An item in the baseline schedulers.
+#[derive(Clone, Copy)]
+struct Item {
+  len: usize,
+  submitted: Instant,
+}
+
+/// Shared bookkeeping of the baselines.
+struct Tally {
+  done: Mutex<(usize, Vec<Duration>, Instant)>,
+  all_done: Condvar,
+  total: usize,
+}
+
+impl Tally {
+  fn new(total: usize) -> Arc<Self> {
+    Arc::new(Self {
+      done: Mutex::new((0, Vec::new(), Instant::now())),
+      all_done: Condvar::new(),
+      total,
+    })
+  }
+
+  fn finish(&self, items: &[Item]) {
+    let now = Instant::now();
+    let mut done = self.done.lock().unwrap();
+    done.0 += items.len();
+    done.1.extend(items.iter().map(|i| now - i.submitted));
+    done.2 = now;
+    if done.0 == self.total {
+      self.all_done.notify_all();
+    }
+  }
+
+  /// Waits until everything is done or `limit` passes; returns (completed, latencies, last completion).
+  fn wait(&self, limit: Duration) -> (usize, Vec<Duration>, Instant) {
+    let done = self.done.lock().unwrap();
+    let (done, _) = self.all_done.wait_timeout_while(done, limit, |d| d.0 < self.total).unwrap();
+    done.clone()
+  }
+}
+
+fn run_batch(backend: &mut SimBackend, items: &[Item]) {
+  let inputs: Vec<TokenizedText> = items.iter().map(|i| tokens(i.len)).collect();
+  let refs: Vec<&TokenizedText> = inputs.iter().collect();
+  let mut out = vec![0.0; refs.len() * backend.dimension];
+  backend.run(&refs, &mut out).expect("the simulated backend does not fail here");
+}
+
+/// Per-worker queue of the pre-assigning baselines (a) and (b).
+struct Assigned {
+  queue: Mutex<(VecDeque<Item>, bool)>,
+  ready: Condvar,
+}
+
+/// (a) and (b): items are assigned to a worker on arrival; `full` makes a worker wait for a full
+/// batch; `least_busy` picks the worker with the fewest queued items per request, else round robin.
+fn preassigned(scenario: &Scenario, least_busy: bool, full: bool) -> Outcome {
+  let n = scenario.slowdowns.len();
+  let tally = Tally::new(scenario.items());
+  let queues: Vec<Arc<Assigned>> = (0..n)
+    .map(|_| {
+      Arc::new(Assigned { queue: Mutex::new((VecDeque::new(), false)), ready: Condvar::new() })
+    })
+    .collect();
+  let busy = Arc::new(Mutex::new(vec![Duration::ZERO; n]));
+  let counts = Arc::new(Mutex::new(vec![0; n]));
+  let workers: Vec<_> = (0..n)
+    .map(|w| {
+      let (queue, tally, busy, counts) =
+        (Arc::clone(&queues[w]), Arc::clone(&tally), Arc::clone(&busy), Arc::clone(&counts));
+      let mut backend = backend(scenario.slowdowns[w]);
+      let batch = scenario.batch;
+      thread::spawn(move || {
+        loop {
+          let items: Vec<Item> = {
+            let mut q = queue.queue.lock().unwrap();
+            loop {
+              let enough = if full { q.0.len() >= batch } else { !q.0.is_empty() };
+              if enough || q.1 {
+                break;
+              }
+              q = queue.ready.wait(q).unwrap();
+            }
+            if q.1 && (q.0.is_empty() || full) {
+              return;
+            }
+            let take = batch.min(q.0.len());
+            q.0.drain(..take).collect()
+          };
+          let started = Instant::now();
+          run_batch(&mut backend, &items);
+          busy.lock().unwrap()[w] += started.elapsed();
+          counts.lock().unwrap()[w] += items.len();
+          tally.finish(&items);
+        }
+      })
+    })
+    .collect();
+  let start = Instant::now();
+  let mut next = 0;
+  replay(scenario, start, |r| {
+    let now = Instant::now();
+    let target = if least_busy {
+      // Every item of a request goes where the snapshot says is least busy.
+      (0..n).min_by_key(|&w| queues[w].queue.lock().unwrap().0.len()).unwrap()
+    } else {
+      0
+    };
+    for &len in &scenario.requests[r].lengths {
+      let w = if least_busy { target } else { next % n };
+      next += 1;
+      queues[w].queue.lock().unwrap().0.push_back(Item { len, submitted: now });
+      queues[w].ready.notify_one();
+    }
+  });
+  let (completed, latencies, last) =
+    tally.wait(scenario.lower_bound() * 10 + Duration::from_millis(500));
+  for q in &queues {
+    q.queue.lock().unwrap().1 = true;
+    q.ready.notify_all();
+  }
+  for w in workers {
+    w.join().unwrap();
+  }
+  let makespan = if completed == scenario.items() { last - start } else { start.elapsed() };
+  Outcome {
+    makespan,
+    busy: busy.lock().unwrap().clone(),
+    per_worker: counts.lock().unwrap().clone(),
+    latencies,
+    completed,
+  }
+}
+
+/// (c): one shared FIFO queue; a free worker takes up to a batch from its head.
+fn central_queue(scenario: &Scenario) -> Outcome {
+  let n = scenario.slowdowns.len();
+  let tally = Tally::new(scenario.items());
+  let shared =
+    Arc::new(Assigned { queue: Mutex::new((VecDeque::new(), false)), ready: Condvar::new() });
+  let busy = Arc::new(Mutex::new(vec![Duration::ZERO; n]));
+  let counts = Arc::new(Mutex::new(vec![0; n]));
+  let workers: Vec<_> = (0..n)
+    .map(|w| {
+      let (shared, tally, busy, counts) =
+        (Arc::clone(&shared), Arc::clone(&tally), Arc::clone(&busy), Arc::clone(&counts));
+      let mut backend = backend(scenario.slowdowns[w]);
+      let batch = scenario.batch;
+      thread::spawn(move || {
+        loop {
+          let items: Vec<Item> = {
+            let mut q = shared.queue.lock().unwrap();
+            while q.0.is_empty() && !q.1 {
+              q = shared.ready.wait(q).unwrap();
+            }
+            if q.0.is_empty() {
+              return;
+            }
+            let take = batch.min(q.0.len());
+            q.0.drain(..take).collect()
+          };
+          let started = Instant::now();
+          run_batch(&mut backend, &items);
+          busy.lock().unwrap()[w] += started.elapsed();
+          counts.lock().unwrap()[w] += items.len();
+          tally.finish(&items);
+        }
+      })
+    })
+    .collect();
+  let start = Instant::now();
+  replay(scenario, start, |r| {
+    let now = Instant::now();
+    let mut q = shared.queue.lock().unwrap();
+    q.0.extend(scenario.requests[r].lengths.iter().map(|&len| Item { len, submitted: now }));
+    drop(q);
+    shared.ready.notify_all();
+  });
+  let (completed, latencies, last) =
+    tally.wait(scenario.lower_bound() * 10 + Duration::from_millis(500));
+  shared.queue.lock().unwrap().1 = true;
+  shared.ready.notify_all();
+  for w in workers {
+    w.join().unwrap();
+  }
+  Outcome {
+    makespan: last - start,
+    busy: busy.lock().unwrap().clone(),
+    per_worker: counts.lock().unwrap().clone(),
+    latencies,
+    completed,
+  }
+}
+
+/// (d): the real pool.
+fn inferpool(scenario: &Scenario) -> Outcome {
+  let slowdowns = scenario.slowdowns.clone();
+  let config = PoolConfig {
+    workers: slowdowns.len(),
+    policy: BatchPolicy {
+      max_batch_size: scenario.batch,
+      max_batch_tokens: scenario.batch * 256,
+      ..BatchPolicy::default()
+    },
+    ..PoolConfig::default()
+  };
+  let pool = Pool::new(
+    &config,
+    Arc::new(SimTokenizer),
+    Box::new(move |i| Ok(Box::new(backend(slowdowns[i])))),
+  )
+  .expect("the simulated pool starts");
+  let (tx, rx) = mpsc::channel::<(usize, Instant)>();
+  let start = Instant::now();
+  let mut submitted = Vec::new();
+  replay(scenario, start, |r| {
+    let texts: Vec<String> =
+      scenario.requests[r].lengths.iter().map(|&len| "x".repeat(len)).collect();
+    let tx = tx.clone();
+    submitted.push(Instant::now());
+    pool
+      .submit(
+        &texts,
+        SubmitOptions::default(),
+        Box::new(move |result| {
+          result.expect("the simulated backend does not fail here");
+          tx.send((r, Instant::now())).unwrap();
+        }),
+      )
+      .expect("admission has room");
+  });
+  drop(tx);
+  let mut latencies = Vec::new();
+  let mut last = start;
+  let mut completed = 0;
+  for (r, at) in &rx {
+    let items = scenario.requests[r].lengths.len();
+    latencies.extend(std::iter::repeat_n(at - submitted[r], items));
+    completed += items;
+    last = last.max(at);
+  }
+  let stats = pool.stats();
+  pool.close(CloseMode::Drain);
+  Outcome {
+    makespan: last - start,
+    busy: stats.workers.iter().map(|w| w.busy).collect(),
+    per_worker: stats
+      .workers
+      .iter()
+      .map(|w| usize::try_from(w.items).unwrap_or(usize::MAX))
+      .collect(),
+    latencies,
+    completed,
+  }
+}
+
+/// Deterministic lengths in `lo..=hi`.
+fn lengths(count: usize, lo: usize, hi: usize, seed: u64) -> Vec<usize> {
+  let mut s = seed;
+  (0..count)
+    .map(|_| {
+      s ^= s << 13;
+      s ^= s >> 7;
+      s ^= s << 17;
+      lo + usize::try_from(s % (hi - lo + 1) as u64).unwrap_or(0)
+    })
+    .collect()
+}
+
+/// `items` split into requests of `per_request`, all arriving at once.
+fn at_once(items: &[usize], per_request: usize) -> Vec<Request> {
+  items.chunks(per_request).map(|c| Request { at: Duration::ZERO, lengths: c.to_vec() }).collect()
+}
+
+fn scenarios() -> Vec<Scenario> {
+  let uniform = |n| lengths(n, 48, 80, 7);
+  let mut slow_one = vec![1.0; 16];
+  slow_one[5] = 3.0;
+  let mut two_fast = vec![3.0; 16];
+  two_fast[0] = 1.0;
+  two_fast[1] = 1.0;
+  let bursts: Vec<Request> = (0..40)
+    .flat_map(|burst| {
+      (0..25).map(move |k| Request {
+        at: Duration::from_millis(burst * 15),
+        lengths: lengths(1 + (k % 4), 16, 96, burst * 100 + k as u64 + 1),
+      })
+    })
+    .collect();
+  vec![
+    Scenario {
+      name: "1,070 items / 16 workers / batch 160",
+      requests: at_once(&uniform(1070), 10),
+      slowdowns: vec![1.0; 16],
+      batch: 160,
+    },
+    Scenario {
+      name: "4,288 items / 16 workers",
+      requests: at_once(&uniform(4288), 16),
+      slowdowns: vec![1.0; 16],
+      batch: 160,
+    },
+    Scenario {
+      name: "2 fast + 14 slow (3x)",
+      requests: at_once(&uniform(4288), 16),
+      slowdowns: two_fast,
+      batch: 160,
+    },
+    Scenario {
+      name: "one worker 3x slower",
+      requests: at_once(&uniform(4288), 16),
+      slowdowns: slow_one,
+      batch: 160,
+    },
+    Scenario {
+      name: "bursts of small requests",
+      requests: bursts,
+      slowdowns: vec![1.0; 16],
+      batch: 160,
+    },
+    Scenario {
+      name: "mixed lengths 10-256",
+      requests: at_once(&lengths(4288, 10, 256, 3), 16),
+      slowdowns: vec![1.0; 16],
+      batch: 160,
+    },
+  ]
+}
+
+/// A scheduler under test.
+type Strategy = Box<dyn Fn(&Scenario) -> Outcome>;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+  if sorted.is_empty() {
+    return Duration::ZERO;
+  }
+  let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+  sorted[rank.min(sorted.len() - 1)]
+}
+
+fn main() {
+  println!(
+    "| scenario | strategy | makespan ms | ÷ lower bound | utilisation | items per worker | p50 ms | p99 ms | done |"
+  );
+  println!("|---|---|---:|---:|---:|---|---:|---:|---:|");
+  let mut worst: f64 = 0.0;
+  for scenario in scenarios() {
+    let bound = scenario.lower_bound();
+    let strategies: [(&str, Strategy); 4] = [
+      ("(a) least-busy, wait for 160", Box::new(|s| preassigned(s, true, true))),
+      ("(b) round-robin pre-allocation", Box::new(|s| preassigned(s, false, false))),
+      ("(c) one central queue", Box::new(central_queue)),
+      ("(d) inferpool", Box::new(inferpool)),
+    ];
+    for (name, run) in strategies {
+      let mut outcome = run(&scenario);
+      outcome.latencies.sort();
+      let ratio = outcome.makespan.as_secs_f64() / bound.as_secs_f64();
+      let capacity = outcome.makespan.as_secs_f64() * scenario.slowdowns.len() as f64;
+      let busy: f64 = outcome.busy.iter().map(Duration::as_secs_f64).sum();
+      let items = scenario.items();
+      let stalled = outcome.completed < items;
+      if name.starts_with("(d)") {
+        worst = worst.max(if stalled { f64::INFINITY } else { ratio });
+      }
+      println!(
+        "| {} | {} | {} | {} | {:.0}% | {}–{} | {:.1} | {:.1} | {} |",
+        scenario.name,
+        name,
+        if stalled {
+          format!("stalled ({:.0})", outcome.makespan.as_secs_f64() * 1e3)
+        } else {
+          format!("{:.0}", outcome.makespan.as_secs_f64() * 1e3)
+        },
+        if stalled { "∞".to_owned() } else { format!("{ratio:.3}") },
+        100.0 * busy / capacity,
+        outcome.per_worker.iter().min().unwrap_or(&0),
+        outcome.per_worker.iter().max().unwrap_or(&0),
+        percentile(&outcome.latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&outcome.latencies, 0.99).as_secs_f64() * 1e3,
+        if stalled { format!("{}/{items}", outcome.completed) } else { format!("{items}/{items}") },
+      );
+    }
+  }
+  println!("worst makespan/lower-bound for inferpool: {worst:.3}");
+}
