@@ -106,6 +106,8 @@ export class Pool {
   readonly #native: BindingPool
   #closed = false
   #closing: Promise<void> | undefined
+  /** Calls handed to the native pool and not yet settled (a drain waits for them). */
+  readonly #pending = new Set<Promise<unknown>>()
 
   /** Width of every embedding (384 for the default model). */
   readonly dimension: number
@@ -207,10 +209,14 @@ export class Pool {
     }
     if (texts.length === 0) return []
     let flat: Float32Array
+    const call = this.#native.embed(texts as string[])
+    this.#pending.add(call)
     try {
-      flat = await this.#native.embed(texts as string[])
+      flat = await call
     } catch (error) {
       throw fromNative(error)
+    } finally {
+      this.#pending.delete(call)
     }
     const d = this.dimension
     return Array.from({ length: texts.length }, (_, i) => flat.subarray(i * d, (i + 1) * d))
@@ -224,9 +230,15 @@ export class Pool {
   close(options: { drain?: boolean } = {}): Promise<void> {
     if (!this.#closing) {
       this.#closed = true
-      this.#closing = this.#native.close(options.drain ?? true).catch((error: unknown) => {
-        throw fromNative(error)
-      })
+      const drain = options.drain ?? true
+      // A call made before close() may still be on its way into the native queue: a drain
+      // waits for every such call to settle first, so none of them is turned away.
+      const before = drain ? Promise.allSettled([...this.#pending]) : Promise.resolve()
+      this.#closing = before
+        .then(() => this.#native.close(drain))
+        .catch((error: unknown) => {
+          throw fromNative(error)
+        })
     }
     return this.#closing
   }

@@ -48,6 +48,9 @@ use crate::{
 /// bulk is never starved (tokio's `global_queue_interval` idea).
 const FAIRNESS_INTERVAL: u64 = 4;
 
+/// A worker whose speed is not yet measured runs batches this many times smaller.
+const FIRST_BATCH_DIVISOR: usize = 4;
+
 /// How many random victims a worker tries per steal round before it concludes there is nothing.
 const STEAL_ROUNDS: usize = 2;
 
@@ -648,16 +651,25 @@ impl WorkerThread {
   fn find_work(&mut self) -> Option<(Vec<Queued>, bool)> {
     let policy = self.registry.config.policy;
     let share = self.share();
-    let cap = policy.max_batch_size.min(share).max(1);
+    let mut cap = policy.max_batch_size.min(share).max(1);
+    if self.shared().speed.load(Ordering::Relaxed) == 0 {
+      // Speed not measured yet: a first, smaller batch measures it without handing a slow
+      // device a large part of the queue.
+      cap = cap.div_ceil(FIRST_BATCH_DIVISOR);
+    }
     self.tick += 1;
     let bulk_first = self.tick.is_multiple_of(FAIRNESS_INTERVAL);
     let mut held = false;
     loop {
       let mut candidates = self.gather(cap, share, bulk_first);
+      if candidates.is_empty() {
+        return None;
+      }
       let now = Instant::now();
       candidates.retain(|item| runnable(item, now));
       if candidates.is_empty() {
-        return None;
+        // Everything gathered was dead (answered or expired): look again, more may be queued.
+        continue;
       }
       if !held
         && !policy.max_wait.is_zero()
@@ -696,7 +708,7 @@ impl WorkerThread {
   /// Collects candidates: interactive items first (unless it is bulk's turn), else the local
   /// deque topped up to this worker's share from the bulk injector, else a steal.
   fn gather(&mut self, cap: usize, share: usize, bulk_first: bool) -> Vec<Queued> {
-    let window = self.registry.config.policy.window.max(1);
+    let window = self.registry.config.policy.window.min(cap.saturating_mul(8)).max(1);
     let mut candidates = Vec::new();
     if !bulk_first {
       self.take_interactive(cap, &mut candidates);

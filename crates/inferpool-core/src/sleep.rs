@@ -1,42 +1,42 @@
 //! How idle workers park and how producers wake them, without lost wake-ups and without timers.
 //!
 //! Protocol (the names match the code):
-//! 1. A worker reads the `epoch` **before** it searches for work.
-//! 2. Finding nothing, it takes the lock, counts itself in `sleepers`, then reads `epoch` again;
-//!    it waits on the condition variable only if the epoch has not moved. Waiting releases the
-//!    lock atomically.
-//! 3. A producer first makes its work visible (pushes it), then bumps `epoch`, then reads
-//!    `sleepers`; if anyone sleeps it takes the lock and notifies.
+//! 1. A worker reads the `epoch` (Acquire) **before** it searches for work.
+//! 2. Finding nothing, it takes the lock and compares the epoch with what it read: if it has not
+//!    moved, it counts itself in `sleepers` and waits on the condition variable (which releases
+//!    the lock atomically); otherwise it searches again.
+//! 3. A producer first makes its work visible (pushes it), then takes the lock, bumps the epoch
+//!    (Release), and notifies if anyone sleeps.
 //!
-//! Why no wake-up is lost: all four operations on `epoch` and `sleepers` are `SeqCst`, so they
-//! have one total order. If the producer's bump comes before the worker's second read, the
-//! worker sees it and does not wait. Otherwise the worker's increment of `sleepers` came before
-//! the bump, so the producer sees a sleeper and takes the lock, which it can only get once the
-//! worker is waiting (the worker holds it from step 2 until the wait), so the notify reaches a
-//! waiting thread. A loom model (`cargo test --lib --release` with `--cfg loom`) checks this.
+//! Why no wake-up is lost: the epoch only changes under the lock, so step 2's comparison and
+//! step 3's bump are ordered by the lock. If the bump came first, the worker sees a new epoch and
+//! searches again, and since the push happened before the bump, which its Acquire read of step 1
+//! or the lock makes visible, it finds the work. If the comparison came first, the worker is
+//! already waiting when the producer gets the lock, so the notify reaches it. A loom model
+//! (`RUSTFLAGS="--cfg loom" cargo test --release --lib sleep`) checks this.
 //!
-//! An idle pool is a set of threads blocked in `Condvar::wait`: no timer, no spinning.
+//! An idle pool is a set of threads blocked in `Condvar::wait`: no timer, no spinning. A
+//! producer pays one uncontended lock per notification (per request or per batch, never per
+//! item).
 
 #[cfg(loom)]
 use loom::sync::{
   Condvar, Mutex,
-  atomic::{AtomicU64, AtomicUsize, Ordering},
+  atomic::{AtomicU64, Ordering},
 };
 #[cfg(not(loom))]
 use std::sync::{
   Condvar, Mutex,
-  atomic::{AtomicU64, AtomicUsize, Ordering},
+  atomic::{AtomicU64, Ordering},
 };
 
 /// The park/wake state shared by the workers of one pool.
 #[derive(Debug, Default)]
 pub(crate) struct Sleep {
-  /// Bumped by every producer after it published work (step 3).
+  /// Bumped (under `sleepers`' lock) by every producer after it published work (step 3).
   epoch: AtomicU64,
-  /// Workers between step 2 and waking up.
-  sleepers: AtomicUsize,
-  /// Held from a worker's registration until it waits; producers take it to notify.
-  lock: Mutex<()>,
+  /// Workers waiting on `condvar`; the lock also orders epoch bumps against step 2.
+  sleepers: Mutex<usize>,
   /// Where workers wait.
   condvar: Condvar,
 }
@@ -53,14 +53,16 @@ pub(crate) enum Wake {
 impl Sleep {
   /// Step 1: the epoch to pass to [`Sleep::sleep`] after an unsuccessful search.
   pub(crate) fn epoch(&self) -> u64 {
-    self.epoch.load(Ordering::SeqCst)
+    // Acquire pairs with the Release bump in `notify`: work published before a bump this load
+    // sees is visible to the search that follows.
+    self.epoch.load(Ordering::Acquire)
   }
 
   /// Step 3: call after publishing work or a state change.
   pub(crate) fn notify(&self, wake: Wake) {
-    self.epoch.fetch_add(1, Ordering::SeqCst);
-    if self.sleepers.load(Ordering::SeqCst) > 0 {
-      let _guard = self.lock.lock().expect("sleep lock poisoned. This is a bug.");
+    let sleepers = self.sleepers.lock().expect("sleep lock poisoned. This is a bug.");
+    self.epoch.fetch_add(1, Ordering::Release);
+    if *sleepers > 0 {
       match wake {
         Wake::One => self.condvar.notify_one(),
         Wake::All => self.condvar.notify_all(),
@@ -71,30 +73,34 @@ impl Sleep {
   /// Step 2: parks the calling worker unless work was published since `seen`. May return
   /// spuriously; callers search again either way.
   pub(crate) fn sleep(&self, seen: u64) {
-    let guard = self.lock.lock().expect("sleep lock poisoned. This is a bug.");
-    self.sleepers.fetch_add(1, Ordering::SeqCst);
-    let guard = if self.epoch.load(Ordering::SeqCst) == seen {
-      self.condvar.wait(guard).expect("sleep lock poisoned. This is a bug.")
-    } else {
-      guard
-    };
-    self.sleepers.fetch_sub(1, Ordering::SeqCst);
-    drop(guard);
+    let mut sleepers = self.sleepers.lock().expect("sleep lock poisoned. This is a bug.");
+    if self.epoch.load(Ordering::Relaxed) == seen {
+      *sleepers += 1;
+      sleepers = self.condvar.wait(sleepers).expect("sleep lock poisoned. This is a bug.");
+      *sleepers -= 1;
+    }
   }
 
   /// Like [`Sleep::sleep`] but gives up after `timeout` (used only when a batch is held open by
   /// `max_wait`).
   #[cfg(not(loom))]
   pub(crate) fn sleep_for(&self, seen: u64, timeout: std::time::Duration) {
-    let guard = self.lock.lock().expect("sleep lock poisoned. This is a bug.");
-    self.sleepers.fetch_add(1, Ordering::SeqCst);
-    let guard = if self.epoch.load(Ordering::SeqCst) == seen {
-      self.condvar.wait_timeout(guard, timeout).expect("sleep lock poisoned. This is a bug.").0
-    } else {
-      guard
-    };
-    self.sleepers.fetch_sub(1, Ordering::SeqCst);
-    drop(guard);
+    let mut sleepers = self.sleepers.lock().expect("sleep lock poisoned. This is a bug.");
+    if self.epoch.load(Ordering::Relaxed) == seen {
+      *sleepers += 1;
+      sleepers = self
+        .condvar
+        .wait_timeout(sleepers, timeout)
+        .expect("sleep lock poisoned. This is a bug.")
+        .0;
+      *sleepers -= 1;
+    }
+  }
+
+  /// Loom cannot model time: the timed wait is a plain wait there.
+  #[cfg(loom)]
+  pub(crate) fn sleep_for(&self, seen: u64, _timeout: std::time::Duration) {
+    self.sleep(seen);
   }
 }
 
@@ -148,14 +154,15 @@ mod loom_model {
             loop {
               let seen = sleep.epoch();
               let available = work.load(Ordering::SeqCst);
-              if available > 0
-                && work
-                  .compare_exchange(available, available - 1, Ordering::SeqCst, Ordering::SeqCst)
-                  .is_ok()
+              if available == 0 {
+                sleep.sleep(seen);
+              } else if work
+                .compare_exchange(available, available - 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
               {
                 return;
               }
-              sleep.sleep(seen);
+              // A lost race for the item is a retry, not a reason to sleep.
             }
           })
         })
