@@ -233,7 +233,7 @@ export class Pool {
       const drain = options.drain ?? true
       // A call made before close() may still be on its way into the native queue: a drain
       // waits for every such call to settle first, so none of them is turned away.
-      const before = drain ? Promise.allSettled([...this.#pending]) : Promise.resolve()
+      const before = drain ? Promise.allSettled(this.#pending) : Promise.resolve()
       this.#closing = before
         .then(() => this.#native.close(drain))
         .catch((error: unknown) => {

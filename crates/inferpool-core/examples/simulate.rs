@@ -348,6 +348,16 @@ fn inferpool(scenario: &Scenario) -> Outcome {
     last = last.max(at);
   }
   let stats = pool.stats();
+  if std::env::var_os("SIM_DEBUG").is_some() {
+    let busy: f64 = stats.workers.iter().map(|w| w.busy.as_secs_f64()).sum();
+    let real: usize = scenario.requests.iter().flat_map(|r| &r.lengths).sum();
+    eprintln!(
+      "debug: batches {} busy {:.1} ms real work {:.1} ms",
+      stats.batches(),
+      busy * 1e3,
+      PER_TOKEN.as_secs_f64() * real as f64 * 1e3
+    );
+  }
   pool.close(CloseMode::Drain);
   Outcome {
     makespan: last - start,

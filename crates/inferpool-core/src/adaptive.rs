@@ -7,6 +7,10 @@
 //!    throughput (tokens/s) is compared with the running average: better keeps moving in the
 //!    same direction (×1.25 up or ×0.8 down), worse reverses the direction.
 //! 3. An out-of-memory error sets the ceiling to half of the failed batch's tokens for good.
+//!
+//! It also fits the worker's batch cost as `fixed + per_token × padded tokens` (least squares
+//! over recent batches, older ones decaying), which lets the batch policy weigh padding against
+//! the fixed cost of one more batch.
 
 use std::time::Duration;
 
@@ -39,12 +43,17 @@ pub(crate) struct Controller {
   average_rate: Option<f64>,
   /// Whether the last move was up.
   growing: bool,
+  /// Decayed sums for the cost fit: weight, Σx, Σy, Σx², Σxy (x = padded tokens, y = seconds).
+  fit: [f64; 5],
 }
+
+/// Weight kept by older batches at each new observation of the cost fit.
+const FIT_DECAY: f64 = 0.9;
 
 impl Controller {
   pub(crate) fn new(config: AdaptiveConfig, max_tokens: usize) -> Self {
     let ceiling = max_tokens.max(1);
-    Self { config, budget: ceiling, ceiling, average_rate: None, growing: false }
+    Self { config, budget: ceiling, ceiling, average_rate: None, growing: false, fit: [0.0; 5] }
   }
 
   /// Current budget in padded tokens.
@@ -69,11 +78,31 @@ impl Controller {
     self.budget = next.clamp(self.config.min_tokens.min(self.ceiling), self.ceiling);
   }
 
+  /// The fitted batch cost, once enough batches of different sizes were seen.
+  pub(crate) fn cost_model(&self) -> Option<crate::batch::CostModel> {
+    let [w, sx, sy, sxx, sxy] = self.fit;
+    if !self.config.enabled || w < 1.8 {
+      return None;
+    }
+    let (mx, my) = (sx / w, sy / w);
+    let var = sxx / w - mx * mx;
+    if var <= (0.05 * mx) * (0.05 * mx) {
+      return None;
+    }
+    let per_token = (sxy / w - mx * my) / var;
+    let fixed = my - per_token * mx;
+    (per_token > 0.0).then_some(crate::batch::CostModel { fixed: fixed.max(0.0), per_token })
+  }
+
   /// Reports a successful batch of `tokens` padded tokens that took `elapsed`.
   #[expect(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
   pub(crate) fn observe(&mut self, tokens: usize, elapsed: Duration, budget_bound: bool) {
     if !self.config.enabled {
       return;
+    }
+    let (x, y) = (tokens as f64, elapsed.as_secs_f64());
+    for (sum, add) in self.fit.iter_mut().zip([1.0, x, y, x * x, x * y]) {
+      *sum = *sum * FIT_DECAY + add;
     }
     if elapsed > self.config.target_latency {
       self.growing = false;
@@ -155,6 +184,19 @@ mod tests {
       c.observe(tokens, Duration::from_micros(micros), true);
     }
     assert!(c.budget() > low * 4, "budget {} did not climb from {low}", c.budget());
+  }
+
+  #[test]
+  fn fits_the_batch_cost() {
+    let mut c = controller();
+    assert!(c.cost_model().is_none());
+    for tokens in [500_u32, 1_000, 2_000, 4_000, 1_500, 3_000] {
+      // 2 ms fixed + 5 µs per token.
+      c.observe(tokens as usize, Duration::from_secs_f64(0.002 + 5e-6 * f64::from(tokens)), false);
+    }
+    let model = c.cost_model().expect("enough varied batches");
+    assert!((model.fixed - 0.002).abs() < 1e-4, "{model:?}");
+    assert!((model.per_token - 5e-6).abs() < 1e-7, "{model:?}");
   }
 
   #[test]

@@ -65,15 +65,25 @@ pub(crate) struct Queued {
   pub(crate) admitted_at: Instant,
   /// Failed runs so far.
   pub(crate) attempts: u32,
-  /// The pool's count of items not yet completed; decremented when the item is dropped, which
-  /// happens exactly once, whatever its fate.
-  pub(crate) outstanding: Arc<AtomicUsize>,
+  /// The pool's counts of items (and their tokens) not yet completed; decremented when the item
+  /// is dropped, which happens exactly once, whatever its fate.
+  pub(crate) outstanding: Arc<Outstanding>,
+}
+
+/// Items accepted and not yet settled, and their tokens.
+#[derive(Debug, Default)]
+pub(crate) struct Outstanding {
+  /// Items (the drain protocol and admission read this).
+  pub(crate) items: AtomicUsize,
+  /// Their padded-length tokens (the tail split reads this).
+  pub(crate) tokens: AtomicUsize,
 }
 
 impl Drop for Queued {
   fn drop(&mut self) {
+    self.outstanding.tokens.fetch_sub(self.len(), Ordering::Relaxed);
     // SeqCst: part of the drain protocol (see `Pool::submit`).
-    self.outstanding.fetch_sub(1, Ordering::SeqCst);
+    self.outstanding.items.fetch_sub(1, Ordering::SeqCst);
   }
 }
 
@@ -86,6 +96,26 @@ impl Queued {
   /// Padded length used for cost (an empty item still occupies one position).
   pub(crate) fn len(&self) -> usize {
     self.input.len().max(1)
+  }
+}
+
+/// Most padding (fraction of real tokens) a batch may carry when a cost model chooses its size.
+const MODEL_PADDING_LIMIT: f64 = 0.5;
+
+/// A worker's measured batch cost: `fixed + per_token × padded tokens` seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct CostModel {
+  /// Seconds every batch costs, whatever its size.
+  pub(crate) fixed: f64,
+  /// Seconds per padded token.
+  pub(crate) per_token: f64,
+}
+
+impl CostModel {
+  /// Real tokens per second of a batch with `real` real and `padded` padded tokens.
+  #[expect(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
+  fn efficiency(self, real: usize, padded: usize) -> f64 {
+    real as f64 / (self.fixed + self.per_token * padded as f64)
   }
 }
 
@@ -106,6 +136,7 @@ pub(crate) fn select(
   cap: usize,
   token_budget: usize,
   max_padding: f64,
+  cost: Option<CostModel>,
 ) -> Selection {
   if candidates.is_empty() {
     return Selection { batch: candidates, rest: Vec::new(), budget_bound: false };
@@ -120,6 +151,8 @@ pub(crate) fn select(
   let cap = cap.max(1);
   let budget = token_budget.max(1);
   let len_at = |i: usize| candidates[i].len();
+  // A measured cost model decides how much padding pays; the fixed bound is the fallback.
+  let max_padding = if cost.is_some() { max_padding.max(MODEL_PADDING_LIMIT) } else { max_padding };
 
   let (mut lo, mut hi) = (most_urgent, most_urgent + 1);
   let mut real = len_at(most_urgent);
@@ -129,6 +162,9 @@ pub(crate) fn select(
   let fits = |longest: usize, count: usize, real: usize| {
     longest * count <= budget && (longest * count) as f64 <= real as f64 * (1.0 + max_padding)
   };
+  // With a cost model, the run along the growth path that gives the most real tokens per second
+  // wins; without one, the whole path.
+  let mut best = (lo, hi, cost.map_or(0.0, |c| c.efficiency(real, len_at(most_urgent))));
   while hi - lo < cap {
     let count = hi - lo + 1;
     // Prefer shorter neighbours: they never raise the padded length.
@@ -143,7 +179,19 @@ pub(crate) fn select(
         || (hi < candidates.len() && len_at(hi) * count > budget);
       break;
     }
+    if let Some(cost) = cost {
+      let efficiency = cost.efficiency(real, len_at(hi - 1) * (hi - lo));
+      if efficiency >= best.2 {
+        best = (lo, hi, efficiency);
+      }
+    } else {
+      best = (lo, hi, 0.0);
+    }
   }
+  if (best.0, best.1) != (lo, hi) {
+    budget_bound = false;
+  }
+  let (lo, hi) = (best.0, best.1);
 
   let mut rest: Vec<Queued> = candidates.drain(hi..).collect();
   let batch: Vec<Queued> = candidates.drain(lo..).collect();
@@ -160,7 +208,9 @@ mod tests {
   fn items(lengths: &[usize], priority: Priority) -> Vec<Queued> {
     let options = SubmitOptions { priority, deadline: None };
     let request = Arc::new(Request::new(lengths.len(), 1, options, Box::new(|_| {})));
-    let outstanding = Arc::new(AtomicUsize::new(lengths.len()));
+    let outstanding = Arc::new(Outstanding::default());
+    outstanding.items.store(lengths.len(), Ordering::SeqCst);
+    outstanding.tokens.store(lengths.iter().map(|&l| l.max(1)).sum(), Ordering::SeqCst);
     lengths
       .iter()
       .enumerate()
@@ -182,7 +232,7 @@ mod tests {
 
   #[test]
   fn takes_a_partial_batch_without_waiting() {
-    let s = select(items(&[5, 3], Priority::Bulk), 8, 1000, 1.0);
+    let s = select(items(&[5, 3], Priority::Bulk), 8, 1000, 1.0, None);
     assert_eq!(indices(&s.batch), vec![1, 0]);
     assert!(s.rest.is_empty());
     assert!(!s.budget_bound);
@@ -190,7 +240,7 @@ mod tests {
 
   #[test]
   fn groups_similar_lengths_and_keeps_the_oldest() {
-    let s = select(items(&[100, 5, 99, 6], Priority::Bulk), 2, 10_000, 0.05);
+    let s = select(items(&[100, 5, 99, 6], Priority::Bulk), 2, 10_000, 0.05, None);
     // The oldest (100 tokens) goes with its nearest neighbour in length, 99.
     assert_eq!(indices(&s.batch), vec![2, 0]);
     assert_eq!(indices(&s.rest), vec![1, 3]);
@@ -198,20 +248,32 @@ mod tests {
 
   #[test]
   fn respects_the_token_budget() {
-    let s = select(items(&[10, 10, 10, 10], Priority::Bulk), 10, 30, 0.05);
+    let s = select(items(&[10, 10, 10, 10], Priority::Bulk), 10, 30, 0.05, None);
     assert_eq!(s.batch.len(), 3);
     assert!(s.budget_bound);
     // An item longer than the budget still runs, alone.
-    assert_eq!(select(items(&[50, 50], Priority::Bulk), 10, 30, 0.05).batch.len(), 1);
+    assert_eq!(select(items(&[50, 50], Priority::Bulk), 10, 30, 0.05, None).batch.len(), 1);
   }
 
   #[test]
   fn bounds_padding() {
     // 10 and 20 together would pad 30 real tokens to 40.
-    let s = select(items(&[10, 20, 10], Priority::Bulk), 8, 1000, 0.05);
+    let s = select(items(&[10, 20, 10], Priority::Bulk), 8, 1000, 0.05, None);
     assert_eq!(indices(&s.batch), vec![0, 2]);
-    let s = select(items(&[10, 20, 10], Priority::Bulk), 8, 1000, 0.5);
+    let s = select(items(&[10, 20, 10], Priority::Bulk), 8, 1000, 0.5, None);
     assert_eq!(s.batch.len(), 3);
+  }
+
+  #[test]
+  fn a_cost_model_trades_padding_against_batch_overhead() {
+    // Costly batches: padding 10 up to 20 is worth it to run all four together.
+    let heavy = CostModel { fixed: 1.0, per_token: 0.001 };
+    let s = select(items(&[10, 10, 20, 20], Priority::Bulk), 8, 1000, 1.0, Some(heavy));
+    assert_eq!(s.batch.len(), 4);
+    // Free batches, costly tokens: the two short ones run alone.
+    let light = CostModel { fixed: 0.0, per_token: 0.001 };
+    let s = select(items(&[10, 10, 20, 20], Priority::Bulk), 8, 1000, 1.0, Some(light));
+    assert_eq!(indices(&s.batch), vec![0, 1]);
   }
 
   #[test]
@@ -220,7 +282,7 @@ mod tests {
     let mut interactive = items(&[40], Priority::Interactive);
     interactive[0].seq = 99;
     candidates.append(&mut interactive);
-    let s = select(candidates, 1, 1000, 0.05);
+    let s = select(candidates, 1, 1000, 0.05, None);
     assert_eq!(s.batch[0].request.priority, Priority::Interactive);
   }
 
@@ -229,6 +291,7 @@ mod tests {
     let batch = items(&[1, 2, 3], Priority::Bulk);
     let outstanding = Arc::clone(&batch[0].outstanding);
     drop(batch);
-    assert_eq!(outstanding.load(Ordering::SeqCst), 0);
+    assert_eq!(outstanding.items.load(Ordering::SeqCst), 0);
+    assert_eq!(outstanding.tokens.load(Ordering::SeqCst), 0);
   }
 }

@@ -39,7 +39,7 @@ use crate::{
   AdaptiveConfig, Backend, BackendError, BackendErrorKind, BackendFactory, BatchPolicy, PoolError,
   Tokenize,
   adaptive::Controller,
-  batch::{Queued, select},
+  batch::{Outstanding, Queued, select},
   request::{Priority, Reply, Request, SubmitOptions},
   sleep::{Sleep, Wake},
 };
@@ -238,10 +238,12 @@ struct Registry {
   sleep: Sleep,
   /// `OPEN`, `DRAIN` or `CANCEL`.
   closing: AtomicU8,
-  /// Items accepted and not yet completed (decremented by `Queued::drop`).
-  outstanding: Arc<AtomicUsize>,
+  /// Items (and tokens) accepted and not yet completed (decremented by `Queued::drop`).
+  outstanding: Arc<Outstanding>,
   /// Items running now.
   in_flight: AtomicUsize,
+  /// Tokens running now.
+  in_flight_tokens: AtomicUsize,
   /// Admission order.
   next_seq: AtomicU64,
   /// Per-worker counters.
@@ -314,8 +316,9 @@ impl Pool {
       stealers: deques.iter().map(Worker::stealer).collect(),
       sleep: Sleep::default(),
       closing: AtomicU8::new(OPEN),
-      outstanding: Arc::new(AtomicUsize::new(0)),
+      outstanding: Arc::new(Outstanding::default()),
       in_flight: AtomicUsize::new(0),
+      in_flight_tokens: AtomicUsize::new(0),
       next_seq: AtomicU64::new(0),
       workers: (0..config.workers).map(|_| WorkerShared::default()).collect(),
       threads: Mutex::new(Vec::new()),
@@ -420,9 +423,9 @@ impl Pool {
     let ticket = Ticket { request: Arc::clone(&request) };
     // Reserve the places before looking at `closing` (both SeqCst): a drain that starts after
     // this check then sees the reservation and keeps its workers until these items are done.
-    let before = registry.outstanding.fetch_add(texts.len(), Ordering::SeqCst);
+    let before = registry.outstanding.items.fetch_add(texts.len(), Ordering::SeqCst);
     let release = |registry: &Registry| {
-      registry.outstanding.fetch_sub(texts.len(), Ordering::SeqCst);
+      registry.outstanding.items.fetch_sub(texts.len(), Ordering::SeqCst);
       request.forget_reply();
       // A draining worker may be waiting for the count to reach zero.
       registry.sleep.notify(Wake::All);
@@ -455,6 +458,8 @@ impl Pool {
       }
     };
     let now = Instant::now();
+    let tokens: usize = encoded.iter().map(|t| t.len().max(1)).sum();
+    registry.outstanding.tokens.fetch_add(tokens, Ordering::Relaxed);
     let first = registry.next_seq.fetch_add(texts.len() as u64, Ordering::Relaxed);
     for (index, input) in encoded.into_iter().enumerate() {
       registry.push(Queued {
@@ -480,7 +485,7 @@ impl Pool {
   pub fn stats(&self) -> PoolStats {
     let r = &self.registry;
     PoolStats {
-      outstanding: r.outstanding.load(Ordering::Relaxed),
+      outstanding: r.outstanding.items.load(Ordering::Relaxed),
       in_flight: r.in_flight.load(Ordering::Relaxed),
       workers: r
         .workers
@@ -605,7 +610,7 @@ impl WorkerThread {
       }
       // SeqCst with the reservation in `submit` and the decrement in `Queued::drop`: zero means
       // every accepted item has been settled and no submit can still add one.
-      if mode == DRAIN && self.registry.outstanding.load(Ordering::SeqCst) == 0 {
+      if mode == DRAIN && self.registry.outstanding.items.load(Ordering::SeqCst) == 0 {
         break;
       }
       self.set_state(WorkerState::Idle);
@@ -629,28 +634,38 @@ impl WorkerThread {
     self.rng
   }
 
-  /// This worker's share of the queued items: proportional to its measured speed.
+  /// This worker's share of the queued work, in items and in tokens: the queue divided in
+  /// proportion to its measured speed.
   #[expect(
     clippy::cast_precision_loss,
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
     reason = "small counts"
   )]
-  fn share(&self) -> usize {
+  fn share(&self) -> (usize, usize) {
     let r = &self.registry;
-    let queued =
-      r.outstanding.load(Ordering::Relaxed).saturating_sub(r.in_flight.load(Ordering::Relaxed));
+    let queued = r
+      .outstanding
+      .items
+      .load(Ordering::Relaxed)
+      .saturating_sub(r.in_flight.load(Ordering::Relaxed));
+    let tokens = r
+      .outstanding
+      .tokens
+      .load(Ordering::Relaxed)
+      .saturating_sub(r.in_flight_tokens.load(Ordering::Relaxed));
     let (total, _, mean) = r.speeds();
     let mine = f64::from_bits(self.shared().speed.load(Ordering::Relaxed));
-    let mine = if mine > 0.0 { mine } else { mean };
-    ((queued as f64 * mine / total).ceil() as usize).max(1)
+    let fraction = if mine > 0.0 { mine } else { mean } / total;
+    let part = |n: usize| ((n as f64 * fraction).ceil() as usize).max(1);
+    (part(queued), part(tokens))
   }
 
   /// Looks for the next batch (module docs, steps 2–3). `None` when nothing is runnable
   /// anywhere. The flag tells whether the token budget bounded the batch.
   fn find_work(&mut self) -> Option<(Vec<Queued>, bool)> {
     let policy = self.registry.config.policy;
-    let share = self.share();
+    let (share, token_share) = self.share();
     let mut cap = policy.max_batch_size.min(share).max(1);
     if self.shared().speed.load(Ordering::Relaxed) == 0 {
       // Speed not measured yet: a first, smaller batch measures it without handing a slow
@@ -690,7 +705,9 @@ impl WorkerThread {
           continue;
         }
       }
-      let mut selection = select(candidates, cap, self.controller.budget(), policy.max_padding);
+      let budget = self.controller.budget().min(token_share);
+      let mut selection =
+        select(candidates, cap, budget, policy.max_padding, self.controller.cost_model());
       // The rest goes back in length order: a thief takes from the front, so what it steals is a
       // run of similar lengths that batches with little padding.
       selection.rest.sort_by_key(Queued::len);
@@ -793,7 +810,9 @@ impl WorkerThread {
     let dimension = self.backend.dimension();
     let count = batch.len();
     let padded = batch.iter().map(Queued::len).max().unwrap_or(0) * count;
+    let real: usize = batch.iter().map(Queued::len).sum();
     registry.in_flight.fetch_add(count, Ordering::Relaxed);
+    registry.in_flight_tokens.fetch_add(real, Ordering::Relaxed);
     self.set_state(WorkerState::Busy);
     self.out.clear();
     self.out.resize(count * dimension, 0.0);
@@ -818,6 +837,7 @@ impl WorkerThread {
         self.controller.observe(padded, elapsed, budget_bound);
         self.record_speed(count, elapsed);
         registry.in_flight.fetch_sub(count, Ordering::Relaxed);
+        registry.in_flight_tokens.fetch_sub(real, Ordering::Relaxed);
         for (item, row) in batch.into_iter().zip(self.out.chunks_exact(dimension.max(1))) {
           // Settle the item (it leaves `outstanding`) before its request may be answered, so a
           // caller that gets its answer never sees its own items still counted.
@@ -829,6 +849,7 @@ impl WorkerThread {
       Err(error) => {
         shared.errors.fetch_add(1, Ordering::Relaxed);
         registry.in_flight.fetch_sub(count, Ordering::Relaxed);
+        registry.in_flight_tokens.fetch_sub(real, Ordering::Relaxed);
         self.settle_failure(batch, &error, padded);
       }
     }
