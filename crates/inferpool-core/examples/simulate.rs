@@ -117,15 +117,33 @@ struct Tally {
   done: Mutex<(usize, Vec<Duration>, Instant)>,
   all_done: Condvar,
   total: usize,
+  /// Per worker: time spent running batches, items run.
+  meters: Mutex<(Vec<Duration>, Vec<usize>)>,
 }
 
 impl Tally {
-  fn new(total: usize) -> Arc<Self> {
+  fn new(total: usize, workers: usize) -> Arc<Self> {
     Arc::new(Self {
       done: Mutex::new((0, Vec::new(), Instant::now())),
       all_done: Condvar::new(),
       total,
+      meters: Mutex::new((vec![Duration::ZERO; workers], vec![0; workers])),
     })
+  }
+
+  /// Runs `items` on worker `w`'s backend and records it.
+  fn run(&self, w: usize, backend: &mut SimBackend, items: &[Item]) {
+    let started = Instant::now();
+    run_batch(backend, items);
+    let mut meters = self.meters.lock().unwrap();
+    meters.0[w] += started.elapsed();
+    meters.1[w] += items.len();
+    drop(meters);
+    self.finish(items);
+  }
+
+  fn meters(&self) -> (Vec<Duration>, Vec<usize>) {
+    self.meters.lock().unwrap().clone()
   }
 
   fn finish(&self, items: &[Item]) {
@@ -164,18 +182,15 @@ struct Assigned {
 /// batch; `least_busy` picks the worker with the fewest queued items per request, else round robin.
 fn preassigned(scenario: &Scenario, least_busy: bool, full: bool) -> Outcome {
   let n = scenario.slowdowns.len();
-  let tally = Tally::new(scenario.items());
+  let tally = Tally::new(scenario.items(), n);
   let queues: Vec<Arc<Assigned>> = (0..n)
     .map(|_| {
       Arc::new(Assigned { queue: Mutex::new((VecDeque::new(), false)), ready: Condvar::new() })
     })
     .collect();
-  let busy = Arc::new(Mutex::new(vec![Duration::ZERO; n]));
-  let counts = Arc::new(Mutex::new(vec![0; n]));
   let workers: Vec<_> = (0..n)
     .map(|w| {
-      let (queue, tally, busy, counts) =
-        (Arc::clone(&queues[w]), Arc::clone(&tally), Arc::clone(&busy), Arc::clone(&counts));
+      let (queue, tally) = (Arc::clone(&queues[w]), Arc::clone(&tally));
       let mut backend = backend(scenario.slowdowns[w]);
       let batch = scenario.batch;
       thread::spawn(move || {
@@ -195,11 +210,7 @@ fn preassigned(scenario: &Scenario, least_busy: bool, full: bool) -> Outcome {
             let take = batch.min(q.0.len());
             q.0.drain(..take).collect()
           };
-          let started = Instant::now();
-          run_batch(&mut backend, &items);
-          busy.lock().unwrap()[w] += started.elapsed();
-          counts.lock().unwrap()[w] += items.len();
-          tally.finish(&items);
+          tally.run(w, &mut backend, &items);
         }
       })
     })
@@ -231,27 +242,18 @@ fn preassigned(scenario: &Scenario, least_busy: bool, full: bool) -> Outcome {
     w.join().unwrap();
   }
   let makespan = if completed == scenario.items() { last - start } else { start.elapsed() };
-  Outcome {
-    makespan,
-    busy: busy.lock().unwrap().clone(),
-    per_worker: counts.lock().unwrap().clone(),
-    latencies,
-    completed,
-  }
+  Outcome { makespan, busy: tally.meters().0, per_worker: tally.meters().1, latencies, completed }
 }
 
 /// (c): one shared FIFO queue; a free worker takes up to a batch from its head.
 fn central_queue(scenario: &Scenario) -> Outcome {
   let n = scenario.slowdowns.len();
-  let tally = Tally::new(scenario.items());
+  let tally = Tally::new(scenario.items(), n);
   let shared =
     Arc::new(Assigned { queue: Mutex::new((VecDeque::new(), false)), ready: Condvar::new() });
-  let busy = Arc::new(Mutex::new(vec![Duration::ZERO; n]));
-  let counts = Arc::new(Mutex::new(vec![0; n]));
   let workers: Vec<_> = (0..n)
     .map(|w| {
-      let (shared, tally, busy, counts) =
-        (Arc::clone(&shared), Arc::clone(&tally), Arc::clone(&busy), Arc::clone(&counts));
+      let (shared, tally) = (Arc::clone(&shared), Arc::clone(&tally));
       let mut backend = backend(scenario.slowdowns[w]);
       let batch = scenario.batch;
       thread::spawn(move || {
@@ -267,11 +269,7 @@ fn central_queue(scenario: &Scenario) -> Outcome {
             let take = batch.min(q.0.len());
             q.0.drain(..take).collect()
           };
-          let started = Instant::now();
-          run_batch(&mut backend, &items);
-          busy.lock().unwrap()[w] += started.elapsed();
-          counts.lock().unwrap()[w] += items.len();
-          tally.finish(&items);
+          tally.run(w, &mut backend, &items);
         }
       })
     })
@@ -293,8 +291,8 @@ fn central_queue(scenario: &Scenario) -> Outcome {
   }
   Outcome {
     makespan: last - start,
-    busy: busy.lock().unwrap().clone(),
-    per_worker: counts.lock().unwrap().clone(),
+    busy: tally.meters().0,
+    per_worker: tally.meters().1,
     latencies,
     completed,
   }
