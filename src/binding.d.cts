@@ -15,8 +15,17 @@ export declare class BindingPool {
   get dimension(): number
   /** Longest token sequence fed to the model; longer texts are truncated. */
   get maxLength(): number
-  /** Embeds `texts`; resolves with `texts.length × dimension` values, row `i` for text `i`. */
-  embed(texts: Array<string>): Promise<Float32Array>
+  /**
+   * Embeds `texts`; resolves with `texts.length × dimension` values, row `i` for text `i`.
+   * `requestId` (unique per pool) lets `cancel` reach this call; `priority` is `interactive`
+   * or `bulk`; texts not started within `timeoutMs` are not run.
+   */
+  embed(texts: Array<string>, requestId: number, priority: string, timeoutMs?: number | undefined | null): Promise<Float32Array>
+  /**
+   * Cancels the call `requestId`, answering it with `TIMEOUT` when `timedOut`, else with
+   * `ABORTED`; its texts not yet started are not run.
+   */
+  cancel(requestId: number, timedOut: boolean): boolean
   /**
    * Stops the pool: `drain` runs what is queued first, otherwise queued items fail with
    * `POOL_CLOSED`. Resolves once every worker thread has exited.

@@ -13,8 +13,8 @@
  * - `INFERENCE_FAILED`: ONNX Runtime failed on a batch.
  * - `POOL_CLOSED`: the pool was closed before the call, or while it waited (`close({ drain: false })`).
  * - `OVERLOADED`: accepting the call would exceed `maxQueuedItems`.
- * - `TIMEOUT`, `ABORTED`: a call's deadline passed, or it was cancelled, before its texts ran.
- *   The native core reports these; `embed` does not take a deadline or a signal yet.
+ * - `TIMEOUT`: the call did not finish within its `timeoutMs`; texts not started were not run.
+ * - `ABORTED`: the call's `signal` aborted; texts not started were not run.
  * - `INTERNAL`: a bug inside inferpool (a caught panic, a lost task); please report it.
  */
 export type PoolErrorCode =

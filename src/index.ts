@@ -1,4 +1,4 @@
-export { Pool, type PoolOptions, type Pooling } from './pool.js'
+export { Pool, type EmbedOptions, type PoolOptions, type Pooling, type Priority } from './pool.js'
 export { PoolError, type PoolErrorCode } from './errors.js'
 export { DEFAULT_MODEL, defaultCacheDir, ensureDefaultModel } from './model.js'
 export { type RuntimeInfo, bundledLibraryPath, resolveLibraryPath } from './runtime.js'

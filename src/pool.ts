@@ -10,6 +10,25 @@ import { type RuntimeInfo, initRuntime } from './runtime.js'
 /** How token states become one vector per text. */
 export type Pooling = 'mean' | 'cls'
 
+/** Queue class of a call: `interactive` is served before `bulk`; bulk is never starved. */
+export type Priority = 'interactive' | 'bulk'
+
+/** Options of {@link Pool.embed}. */
+export interface EmbedOptions {
+  /** `'interactive'` calls are served before `'bulk'` ones (the default); bulk still progresses. */
+  priority?: Priority
+  /**
+   * Aborting rejects the call with `ABORTED` at once; its texts that have not started are not
+   * run.
+   */
+  signal?: AbortSignal
+  /**
+   * Rejects the call with `TIMEOUT` when it has not finished within this many milliseconds; its
+   * texts that have not started by then are not run.
+   */
+  timeoutMs?: number
+}
+
 /** Options of {@link Pool.create}. Every field is optional. */
 export interface PoolOptions {
   /**
@@ -108,6 +127,8 @@ export class Pool {
   #closing: Promise<void> | undefined
   /** Calls handed to the native pool and not yet settled (a drain waits for them). */
   readonly #pending = new Set<Promise<unknown>>()
+  /** Id of the next call, for cancelling it natively. */
+  #nextId = 0
 
   /** Width of every embedding (384 for the default model). */
   readonly dimension: number
@@ -193,11 +214,12 @@ export class Pool {
    * Rust threads. Resolves with one `Float32Array` per text, in input order (views into one
    * buffer).
    *
-   * @throws {PoolError} `INVALID_INPUT` when `texts` is not an array of strings, `POOL_CLOSED`
-   * after {@link Pool.close}, `OVERLOADED` when `maxQueuedItems` would be exceeded,
+   * @throws {PoolError} `INVALID_INPUT` when `texts` is not an array of strings or an option is
+   * malformed, `POOL_CLOSED` after {@link Pool.close}, `OVERLOADED` when `maxQueuedItems` would
+   * be exceeded, `ABORTED` when `signal` aborts, `TIMEOUT` when `timeoutMs` passes,
    * `INFERENCE_FAILED` when ONNX Runtime fails on every attempt.
    */
-  async embed(texts: readonly string[]): Promise<Float32Array[]> {
+  async embed(texts: readonly string[], options: EmbedOptions = {}): Promise<Float32Array[]> {
     if (this.#closed) throw new PoolError('POOL_CLOSED', 'the pool is closed')
     if (!Array.isArray(texts)) {
       throw new PoolError('INVALID_INPUT', `texts must be an array of strings, got ${describe(texts)}`)
@@ -207,16 +229,41 @@ export class Pool {
         throw new PoolError('INVALID_INPUT', `texts[${i}] must be a string, got ${describe(texts[i])}`)
       }
     }
+    if (options === null || typeof options !== 'object') {
+      throw new PoolError('INVALID_INPUT', 'options must be an object')
+    }
+    const { priority = 'bulk', signal, timeoutMs } = options
+    if (priority !== 'interactive' && priority !== 'bulk') {
+      throw new PoolError('INVALID_INPUT', `priority must be "interactive" or "bulk", got ${JSON.stringify(priority)}`)
+    }
+    if (timeoutMs !== undefined) positiveInt('timeoutMs', timeoutMs, 0)
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw new PoolError('INVALID_INPUT', 'signal must be an AbortSignal')
+    }
+    if (signal?.aborted) throw aborted(signal)
     if (texts.length === 0) return []
-    let flat: Float32Array
-    const call = this.#native.embed(texts as string[])
+
+    const id = this.#nextId
+    this.#nextId = (this.#nextId + 1) % 2 ** 32
+    const call = this.#native.embed(texts as string[], id, priority, timeoutMs)
     this.#pending.add(call)
+    const onAbort = () => this.#native.cancel(id, false)
+    signal?.addEventListener('abort', onAbort, { once: true })
+    const timer = timeoutMs === undefined ? undefined : setTimeout(() => this.#native.cancel(id, true), timeoutMs)
+    let flat: Float32Array
     try {
       flat = await call
     } catch (error) {
-      throw fromNative(error)
+      const failure = fromNative(error)
+      if (failure.code === 'ABORTED' && signal?.aborted) throw aborted(signal, failure)
+      if (failure.code === 'TIMEOUT' && timeoutMs !== undefined) {
+        throw new PoolError('TIMEOUT', `the call did not finish within ${timeoutMs} ms`, { cause: failure })
+      }
+      throw failure
     } finally {
       this.#pending.delete(call)
+      clearTimeout(timer)
+      signal?.removeEventListener('abort', onAbort)
     }
     const d = this.dimension
     return Array.from({ length: texts.length }, (_, i) => flat.subarray(i * d, (i + 1) * d))
@@ -247,6 +294,11 @@ export class Pool {
   [asyncDispose](): Promise<void> {
     return this.close()
   }
+}
+
+function aborted(signal: AbortSignal, cause?: unknown): PoolError {
+  const reason = signal.reason instanceof Error ? signal.reason.message : String(signal.reason ?? 'aborted')
+  return new PoolError('ABORTED', `the call was aborted: ${reason}`, { cause: cause ?? signal.reason })
 }
 
 function describe(value: unknown): string {

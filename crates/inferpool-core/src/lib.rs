@@ -14,6 +14,7 @@
 mod adaptive;
 mod backend;
 mod batch;
+mod cancel;
 mod error;
 mod pool;
 mod request;
@@ -23,6 +24,7 @@ mod sleep;
 pub use adaptive::AdaptiveConfig;
 pub use backend::{Backend, BackendFactory, Tokenize, TokenizedText};
 pub use batch::BatchPolicy;
+pub use cancel::Cancellations;
 pub use error::{BackendError, BackendErrorKind, PoolError};
 pub use pool::{CloseMode, Pool, PoolConfig, PoolStats, Ticket, WorkerState, WorkerStats};
 pub use request::{Priority, Reply, SubmitOptions};

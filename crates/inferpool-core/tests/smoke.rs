@@ -120,3 +120,26 @@ fn deadlines_and_cancellation_skip_work() {
 fn dimension_is_the_backends() {
   assert_eq!(pool(1, sim()).dimension(), DIM);
 }
+
+#[test]
+fn cancellation_by_id_works_before_and_after_registration() {
+  use inferpool_core::Cancellations;
+  let pool = pool_with(&config(1, 1), SimBackend { per_batch: Duration::from_millis(30), ..sim() });
+  let registry = Cancellations::default();
+  let busy: Vec<String> = (0..4).map(|i| format!("busy {i}")).collect();
+  let (_, busy_rx) = submit(&pool, &busy, SubmitOptions::default()).unwrap();
+  // Cancelled after registration.
+  let (ticket, rx) = submit(&pool, &["one".to_owned()], SubmitOptions::default()).unwrap();
+  registry.register(1, ticket);
+  assert!(registry.cancel(1, PoolError::Timeout));
+  assert!(matches!(rx.recv().unwrap(), Err(PoolError::Timeout)));
+  // Cancelled before registration: applied when it registers.
+  assert!(!registry.cancel(2, PoolError::Cancelled));
+  let (ticket, rx) = submit(&pool, &["two".to_owned()], SubmitOptions::default()).unwrap();
+  registry.register(2, ticket);
+  assert!(matches!(rx.recv().unwrap(), Err(PoolError::Cancelled)));
+  registry.forget(1);
+  registry.forget(2);
+  assert!(registry.is_empty());
+  assert!(busy_rx.recv().unwrap().is_ok());
+}

@@ -6,8 +6,8 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use inferpool_core::{
-  BackendError, BackendErrorKind, BatchPolicy, CloseMode, Pool, PoolConfig, PoolError,
-  SubmitOptions,
+  BackendError, BackendErrorKind, BatchPolicy, Cancellations, CloseMode, Pool, PoolConfig,
+  PoolError, Priority, SubmitOptions,
 };
 use inferpool_ort::{
   Device, EmbeddingModel, ModelFiles, Pooling, SessionOptions, backend_factory, init_runtime,
@@ -97,6 +97,7 @@ pub struct BindingPoolOptions {
 pub struct BindingPool {
   inner: Arc<Pool>,
   max_length: u32,
+  cancellations: Arc<Cancellations>,
 }
 
 /// Loads the model's tokenizer, starts one worker per device entry and waits until every
@@ -140,6 +141,7 @@ pub async fn create_pool(options: BindingPoolOptions) -> Result<BindingPool> {
     .map_err(|e| join_error(&e))?;
   let (pool, max_length) = built.map_err(|e| backend_error(&e))?;
   Ok(BindingPool {
+    cancellations: Arc::default(),
     inner: Arc::new(pool),
     max_length: u32::try_from(max_length).unwrap_or(u32::MAX),
   })
@@ -162,28 +164,58 @@ impl BindingPool {
   }
 
   /// Embeds `texts`; resolves with `texts.length × dimension` values, row `i` for text `i`.
+  /// `requestId` (unique per pool) lets `cancel` reach this call; `priority` is `interactive`
+  /// or `bulk`; texts not started within `timeoutMs` are not run.
   #[napi]
-  pub async fn embed(&self, texts: Vec<String>) -> Result<Float32Array> {
-    let pool = Arc::clone(&self.inner);
+  pub async fn embed(
+    &self,
+    texts: Vec<String>,
+    request_id: u32,
+    priority: String,
+    timeout_ms: Option<u32>,
+  ) -> Result<Float32Array> {
+    let priority = match priority.as_str() {
+      "interactive" => Priority::Interactive,
+      "bulk" => Priority::Bulk,
+      other => return Err(coded("INVALID_INPUT", format!("unknown priority {other:?}"))),
+    };
+    let deadline =
+      timeout_ms.map(|ms| std::time::Instant::now() + Duration::from_millis(u64::from(ms)));
+    let options = SubmitOptions { priority, deadline };
+    let (pool, cancellations) = (Arc::clone(&self.inner), Arc::clone(&self.cancellations));
+    let id = u64::from(request_id);
     let (tx, rx) = tokio::sync::oneshot::channel();
     // Tokenization runs inside `submit`: keep it on a blocking thread, off the event loop and
     // off the runtime's async workers.
-    tokio::task::spawn_blocking(move || {
-      pool.submit(
+    let submitted = tokio::task::spawn_blocking(move || {
+      let ticket = pool.submit(
         &texts,
-        SubmitOptions::default(),
+        options,
         Box::new(move |result| {
           // The receiver is gone only when the caller's future was dropped; nothing to tell.
           let _ = tx.send(result);
         }),
-      )
+      )?;
+      cancellations.register(id, ticket);
+      Ok::<_, PoolError>(())
     })
     .await
-    .map_err(|e| join_error(&e))?
-    .map_err(|e| pool_error(&e))?;
-    let values =
-      rx.await.map_err(|_| coded("INTERNAL", "a request was dropped without an answer"))?;
-    values.map(Float32Array::new).map_err(|e| pool_error(&e))
+    .map_err(|e| join_error(&e))?;
+    let values = match submitted {
+      Ok(()) => rx.await.map_err(|_| coded("INTERNAL", "a request was dropped without an answer")),
+      Err(error) => Err(pool_error(&error)),
+    };
+    self.cancellations.forget(id);
+    values?.map(Float32Array::new).map_err(|e| pool_error(&e))
+  }
+
+  /// Cancels the call `requestId`, answering it with `TIMEOUT` when `timedOut`, else with
+  /// `ABORTED`; its texts not yet started are not run.
+  #[napi]
+  #[must_use]
+  pub fn cancel(&self, request_id: u32, timed_out: bool) -> bool {
+    let error = if timed_out { PoolError::Timeout } else { PoolError::Cancelled };
+    self.cancellations.cancel(u64::from(request_id), error)
   }
 
   /// Stops the pool: `drain` runs what is queued first, otherwise queued items fail with
