@@ -1,7 +1,7 @@
 //! The batch policy: which of the items a worker holds go into its next batch.
 //!
 //! Decided once per batch, when the worker's device is free ([`select`]):
-//! 1. The candidates are a window of queued items (the worker's share, see the scheduler).
+//! 1. The candidates are a window of queued items the worker holds (see the scheduler).
 //! 2. They are sorted by length and the batch is a run of neighbours in that order, so items of
 //!    similar length travel together and padding shrinks.
 //! 3. The run always contains the most urgent candidate (interactive before bulk, then oldest),
@@ -28,7 +28,8 @@ pub struct BatchPolicy {
   /// Most padded tokens (longest item × item count) in one batch, and the ceiling of the
   /// adaptive budget. One item longer than this still runs, alone.
   pub max_batch_tokens: usize,
-  /// How many queued items one worker considers (and sorts by length) per batch.
+  /// Most queued items one worker holds and sorts by length per batch (it holds at most eight
+  /// batches' worth either way).
   pub window: usize,
   /// How long an idle worker may hold a partial batch open for more arrivals. Zero (the
   /// default) runs whatever is there at once.

@@ -6,13 +6,13 @@
 //!    every item into the injector of its priority and wakes workers ([`Sleep`]).
 //! 2. A worker whose device is free looks for work in this order ([`WorkerThread::find_work`]):
 //!    interactive items in the injector (unless the fairness tick says bulk goes first this
-//!    time), then its own deque, refilled from the bulk injector, then a batch stolen from a
-//!    random other worker. It moves at most its *share* of the queued items into its deque: the
-//!    queue divided among workers in proportion to their measured speed, so the tail of a job is
-//!    spread over every worker and a slow device is not handed as much as a fast one.
+//!    time), then its own deque, topped up from the bulk injector to a window of eight batches,
+//!    then a batch stolen from a random other worker.
 //! 3. It cuts a batch from what it holds ([`select`]): length-sorted, the most urgent item
-//!    included, capped by `max_batch_size`, its share, and its adaptive token budget. The rest
-//!    stays in its deque, where idle workers can steal it.
+//!    included, capped by `max_batch_size`, its adaptive token budget, and its *share*: the
+//!    queued items and tokens divided among workers in proportion to their measured speed, so
+//!    the tail of a job is spread over every worker and a slow device is not handed as much as a
+//!    fast one. The rest goes back to its deque in length order, where idle workers can steal it.
 //! 4. The batch runs outside every lock, under `catch_unwind`. Rows go to their requests by
 //!    index. On failure: out-of-memory halves the budget and requeues the items; invalid input
 //!    fails their requests; any other error (or a panic) requeues the items for another worker
@@ -676,7 +676,7 @@ impl WorkerThread {
     let bulk_first = self.tick.is_multiple_of(FAIRNESS_INTERVAL);
     let mut held = false;
     loop {
-      let mut candidates = self.gather(cap, share, bulk_first);
+      let mut candidates = self.gather(cap, bulk_first);
       if candidates.is_empty() {
         return None;
       }
@@ -724,7 +724,7 @@ impl WorkerThread {
 
   /// Collects candidates: interactive items first (unless it is bulk's turn), else the local
   /// deque topped up to this worker's share from the bulk injector, else a steal.
-  fn gather(&mut self, cap: usize, share: usize, bulk_first: bool) -> Vec<Queued> {
+  fn gather(&mut self, cap: usize, bulk_first: bool) -> Vec<Queued> {
     let window = self.registry.config.policy.window.min(cap.saturating_mul(8)).max(1);
     let mut candidates = Vec::new();
     if !bulk_first {
@@ -733,7 +733,6 @@ impl WorkerThread {
         return candidates;
       }
     }
-    let _ = share;
     if self.deque.len() < window {
       self.refill(window - self.deque.len());
     }
