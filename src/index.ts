@@ -1,4 +1,13 @@
-export { Pool, type EmbedOptions, type PoolOptions, type Pooling, type Priority } from './pool.js'
+export {
+  Pool,
+  type EmbedOptions,
+  type PoolOptions,
+  type Pooling,
+  type Priority,
+  type Progress,
+  type StreamItem,
+  type StreamOptions,
+} from './pool.js'
 export { PoolError, type PoolErrorCode } from './errors.js'
 export { DEFAULT_MODEL, defaultCacheDir, ensureDefaultModel } from './model.js'
 export { type RuntimeInfo, bundledLibraryPath, resolveLibraryPath } from './runtime.js'

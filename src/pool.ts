@@ -27,7 +27,44 @@ export interface EmbedOptions {
    * texts that have not started by then are not run.
    */
   timeoutMs?: number
+  /**
+   * Called as parts of a long call complete (the call is split into parts of 256 texts, all
+   * queued at once, so batching is unchanged).
+   */
+  onProgress?: (progress: Progress) => void
 }
+
+/** What {@link EmbedOptions.onProgress} reports. */
+export interface Progress {
+  /** Texts embedded so far. */
+  done: number
+  /** Texts in the call. */
+  total: number
+  /** Texts per second since the call started. */
+  itemsPerSecond: number
+}
+
+/** Options of {@link Pool.embedStream}. */
+export interface StreamOptions extends Omit<EmbedOptions, 'onProgress' | 'timeoutMs'> {
+  /**
+   * Most texts read from the source and not yet taken by the consumer. Memory stays bounded by
+   * it however long the source is. Default 256.
+   */
+  highWaterMark?: number
+  /** Texts per call handed to the pool. Default: 32, at most `highWaterMark`. */
+  chunkSize?: number
+}
+
+/** One result of {@link Pool.embedStream}. */
+export interface StreamItem {
+  /** Position of the text in the source. */
+  index: number
+  /** Its embedding. */
+  embedding: Float32Array
+}
+
+/** Texts per part when `onProgress` splits a call. */
+const PROGRESS_PART = 256
 
 /** Options of {@link Pool.create}. Every field is optional. */
 export interface PoolOptions {
@@ -220,6 +257,111 @@ export class Pool {
    * `INFERENCE_FAILED` when ONNX Runtime fails on every attempt.
    */
   async embed(texts: readonly string[], options: EmbedOptions = {}): Promise<Float32Array[]> {
+    const onProgress = options?.onProgress
+    if (onProgress === undefined) return this.#embed(texts, options)
+    if (typeof onProgress !== 'function') throw new PoolError('INVALID_INPUT', 'onProgress must be a function')
+    const started = performance.now()
+    if (!Array.isArray(texts) || texts.length <= PROGRESS_PART) {
+      const result = await this.#embed(texts, options)
+      const seconds = (performance.now() - started) / 1000
+      onProgress({
+        done: result.length,
+        total: result.length,
+        itemsPerSecond: seconds > 0 ? result.length / seconds : 0,
+      })
+      return result
+    }
+    let done = 0
+    const parts = Array.from({ length: Math.ceil(texts.length / PROGRESS_PART) }, (_, p) =>
+      this.#embed(texts.slice(p * PROGRESS_PART, (p + 1) * PROGRESS_PART), options).then((vectors) => {
+        done += vectors.length
+        const seconds = (performance.now() - started) / 1000
+        onProgress({ done, total: texts.length, itemsPerSecond: seconds > 0 ? done / seconds : 0 })
+        return vectors
+      }),
+    )
+    return (await Promise.all(parts)).flat()
+  }
+
+  /**
+   * Embeds texts as they come from `source` (an array, a generator, a `readline` interface, a
+   * `stream.Readable` of strings, any iterable or async iterable) and yields
+   * `{ index, embedding }` in source order. It never reads more than `highWaterMark` texts
+   * ahead of the consumer, so memory stays flat over any number of texts. Leaving the loop early
+   * (`break`, `return`, a throw) cancels the texts still queued and closes the source.
+   *
+   * @throws {PoolError} `INVALID_INPUT` when the source yields something other than a string,
+   * and every code {@link Pool.embed} throws.
+   */
+  async *embedStream(
+    source: Iterable<string> | AsyncIterable<string>,
+    options: StreamOptions = {},
+  ): AsyncGenerator<StreamItem, void, undefined> {
+    const highWaterMark = positiveInt('highWaterMark', options.highWaterMark, 256)
+    const chunkSize = Math.min(positiveInt('chunkSize', options.chunkSize, 32), highWaterMark)
+    const iterator = openIterator(source)
+    const cancel = new AbortController()
+    const outer = options.signal
+    const forward = () => cancel.abort(outer?.reason)
+    outer?.addEventListener('abort', forward, { once: true })
+    const callOptions: EmbedOptions = { priority: options.priority, signal: cancel.signal }
+    // Parts in flight, in source order; each settles to its vectors (or its error, thrown when
+    // the consumer reaches it).
+    const parts: { start: number; vectors: Promise<Float32Array[]>; settled: boolean }[] = []
+    let read = 0
+    let taken = 0
+    let exhausted = false
+    try {
+      while (true) {
+        if (outer?.aborted) throw aborted(outer)
+        // Read one more part when the window has room.
+        if (!exhausted && read - taken < highWaterMark) {
+          const texts: string[] = []
+          while (texts.length < chunkSize && read + texts.length - taken < highWaterMark) {
+            const next = await iterator.next()
+            if (next.done) {
+              exhausted = true
+              break
+            }
+            if (typeof next.value !== 'string') {
+              throw new PoolError(
+                'INVALID_INPUT',
+                `the source yielded ${describe(next.value)} at index ${read + texts.length}; expected a string`,
+              )
+            }
+            texts.push(next.value)
+          }
+          if (texts.length > 0) {
+            const part = { start: read, vectors: this.#embed(texts, callOptions), settled: false }
+            part.vectors.then(
+              () => (part.settled = true),
+              () => (part.settled = true),
+            )
+            parts.push(part)
+            read += texts.length
+          }
+          // Keep reading while nothing is ready to hand over.
+          if (!exhausted && read - taken < highWaterMark && !parts[0]?.settled) continue
+        }
+        const head = parts.shift()
+        if (!head) return
+        const vectors = await head.vectors
+        for (let i = 0; i < vectors.length; i++) {
+          yield { index: head.start + i, embedding: vectors[i] }
+          taken++
+        }
+      }
+    } finally {
+      outer?.removeEventListener('abort', forward)
+      if (parts.length > 0) {
+        cancel.abort(new Error('the stream was closed'))
+        for (const part of parts) part.vectors.catch(() => undefined)
+      }
+      await iterator.return?.()
+    }
+  }
+
+  async #embed(texts: readonly string[], options: EmbedOptions = {}): Promise<Float32Array[]> {
     if (this.#closed) throw new PoolError('POOL_CLOSED', 'the pool is closed')
     if (!Array.isArray(texts)) {
       throw new PoolError('INVALID_INPUT', `texts must be an array of strings, got ${describe(texts)}`)
@@ -294,6 +436,16 @@ export class Pool {
   [asyncDispose](): Promise<void> {
     return this.close()
   }
+}
+
+function openIterator(source: Iterable<string> | AsyncIterable<string>): AsyncIterator<string> | Iterator<string> {
+  if (source !== null && typeof source === 'object') {
+    const asyncIterable = (source as AsyncIterable<string>)[Symbol.asyncIterator]
+    if (typeof asyncIterable === 'function') return asyncIterable.call(source)
+  }
+  const iterable = (source as Iterable<string> | null)?.[Symbol.iterator]
+  if (typeof iterable === 'function') return iterable.call(source)
+  throw new PoolError('INVALID_INPUT', `the source must be iterable or async iterable, got ${describe(source)}`)
 }
 
 function aborted(signal: AbortSignal, cause?: unknown): PoolError {
