@@ -124,7 +124,7 @@ describe('onProgress', () => {
       const result = await pool.embed(texts, { onProgress: (p) => reports.push(p) })
       expect(result).toHaveLength(1000)
       expect(reports.length).toBe(Math.ceil(1000 / 256))
-      expect(reports.map((r) => r.done)).toEqual([...reports.map((r) => r.done)].sort((a, b) => a - b))
+      expect(reports.map((r) => r.done)).toEqual(reports.map((r) => r.done).toSorted((a, b) => a - b))
       expect(reports.at(-1)).toMatchObject({ done: 1000, total: 1000 })
       expect(reports.at(-1)!.itemsPerSecond).toBeGreaterThan(0)
       const direct = await pool.embed(texts)
