@@ -112,3 +112,32 @@ describe('pooling options', () => {
     }
   })
 })
+
+describe('status', () => {
+  it('counts what was submitted, per worker and in total', async () => {
+    const pool = await Pool.create({ model: TINY_BERT, cpuWorkers: 2, maxBatchSize: 8 })
+    try {
+      const before = pool.status()
+      expect(before.workers).toHaveLength(2)
+      expect(before.workers.every((w) => w.device === 'cpu' && w.items === 0)).toBe(true)
+      const texts = Array.from({ length: 500 }, (_, i) => `the man ${i} ${'food '.repeat(i % 9)}`)
+      await Promise.all(Array.from({ length: 10 }, (_, c) => pool.embed(texts.slice(c * 50, c * 50 + 50))))
+      const after = pool.status()
+      expect(after.items).toBe(500)
+      expect(after.outstanding).toBe(0)
+      expect(after.queued).toBe(0)
+      expect(after.workers.reduce((n, w) => n + w.batches, 0)).toBeGreaterThanOrEqual(500 / 8)
+      for (const w of after.workers) {
+        expect(w.meanBatchSize).toBeLessThanOrEqual(8)
+        expect(w.tokenBudget).toBeGreaterThan(0)
+        expect(['idle', 'busy']).toContain(w.state)
+      }
+      expect(after.runtime.version).toBe('1.29.0')
+      expect(after.model.dimension).toBe(pool.dimension)
+      await pool.close()
+      expect(pool.status().workers.every((w) => w.state === 'stopped')).toBe(true)
+    } finally {
+      await pool.close()
+    }
+  })
+})

@@ -21,6 +21,8 @@ export declare class BindingPool {
    * or `bulk`; texts not started within `timeoutMs` are not run.
    */
   embed(texts: Array<string>, requestId: number, priority: string, timeoutMs?: number | undefined | null): Promise<Float32Array>
+  /** Counters and state of the pool and of every worker, read without locks. */
+  status(): BindingStatus
   /**
    * Cancels the call `requestId`, answering it with `TIMEOUT` when `timedOut`, else with
    * `ABORTED`; its texts not yet started are not run.
@@ -63,6 +65,40 @@ export interface BindingRuntimeInfo {
   path: string
   /** Its version, e.g. `1.29.0`. */
   version: string
+}
+
+/** What `status()` returns. */
+export interface BindingStatus {
+  /** Texts accepted and not yet embedded (queued or running). */
+  outstanding: number
+  /** Texts running now. */
+  inFlight: number
+  /** Per worker. */
+  workers: Array<BindingWorkerStatus>
+}
+
+/** One worker in `status()`. */
+export interface BindingWorkerStatus {
+  /** Worker index. */
+  id: number
+  /** `cpu` or `cuda:N`. */
+  device: string
+  /** `idle`, `busy`, `backing-off` or `stopped`. */
+  state: string
+  /** Texts embedded. */
+  items: number
+  /** Batches run (successful or not). */
+  batches: number
+  /** Failed batches. */
+  errors: number
+  /** Batches stolen from other workers. */
+  steals: number
+  /** Current adaptive budget, padded tokens per batch. */
+  tokenBudget: number
+  /** Time spent running batches, milliseconds. */
+  busyMs: number
+  /** Measured throughput (0 until the first batch). */
+  itemsPerSecond: number
 }
 
 /**

@@ -2,11 +2,14 @@ export {
   Pool,
   type EmbedOptions,
   type PoolOptions,
+  type PoolStatus,
   type Pooling,
   type Priority,
   type Progress,
   type StreamItem,
   type StreamOptions,
+  type WorkerState,
+  type WorkerStatus,
 } from './pool.js'
 export { PoolError, type PoolErrorCode } from './errors.js'
 export { DEFAULT_MODEL, defaultCacheDir, ensureDefaultModel } from './model.js'

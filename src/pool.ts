@@ -63,6 +63,57 @@ export interface StreamItem {
   embedding: Float32Array
 }
 
+/** What a worker is doing. */
+export type WorkerState = 'idle' | 'busy' | 'backing-off' | 'stopped'
+
+/** One worker in {@link PoolStatus}. */
+export interface WorkerStatus {
+  /** Worker index. */
+  id: number
+  /** `'cpu'` or `'cuda:N'`. */
+  device: string
+  /** What it is doing now. */
+  state: WorkerState
+  /** Texts it embedded. */
+  items: number
+  /** Batches it ran (successful or not). */
+  batches: number
+  /** Batches that failed (their texts were retried elsewhere or reported). */
+  errors: number
+  /** Batches it stole from other workers. */
+  steals: number
+  /** Mean texts per batch. */
+  meanBatchSize: number
+  /** Its current adaptive budget, padded tokens per batch. */
+  tokenBudget: number
+  /** Time spent running batches, milliseconds. */
+  busyMs: number
+  /** Share of the pool's lifetime spent running batches, 0–100. */
+  utilisation: number
+  /** Measured throughput (0 until its first batch). */
+  itemsPerSecond: number
+}
+
+/** What {@link Pool.status} returns. */
+export interface PoolStatus {
+  /** Texts accepted and not yet embedded (queued or running). */
+  outstanding: number
+  /** Texts waiting for a worker. */
+  queued: number
+  /** Texts running now. */
+  inFlight: number
+  /** Texts embedded since the pool started. */
+  items: number
+  /** Mean texts per second since the pool started. */
+  itemsPerSecond: number
+  /** Per worker. */
+  workers: WorkerStatus[]
+  /** Model path and output width. */
+  model: { path: string; dimension: number; maxLength: number }
+  /** The ONNX Runtime library in use. */
+  runtime: RuntimeInfo
+}
+
 /** Texts per part when `onProgress` splits a call. */
 const PROGRESS_PART = 256
 
@@ -166,6 +217,8 @@ export class Pool {
   readonly #pending = new Set<Promise<unknown>>()
   /** Id of the next call, for cancelling it natively. */
   #nextId = 0
+  /** When the pool started, for rates in {@link Pool.status}. */
+  readonly #started = performance.now()
 
   /** Width of every embedding (384 for the default model). */
   readonly dimension: number
@@ -238,6 +291,40 @@ export class Pool {
       return new Pool(binding, modelPath, runtime)
     } catch (error) {
       throw fromNative(error)
+    }
+  }
+
+  /**
+   * A snapshot of the pool and of every worker, read without locks. Still answers after
+   * {@link Pool.close} (every worker then reads `stopped`).
+   */
+  status(): PoolStatus {
+    const native = this.#native.status()
+    const lifetimeMs = Math.max(performance.now() - this.#started, 1)
+    const workers = native.workers.map((w) => ({
+      id: w.id,
+      device: w.device,
+      state: w.state as WorkerState,
+      items: w.items,
+      batches: w.batches,
+      errors: w.errors,
+      steals: w.steals,
+      meanBatchSize: w.batches > 0 ? w.items / w.batches : 0,
+      tokenBudget: w.tokenBudget,
+      busyMs: w.busyMs,
+      utilisation: Math.min(100, (100 * w.busyMs) / lifetimeMs),
+      itemsPerSecond: w.itemsPerSecond,
+    }))
+    const items = workers.reduce((sum, w) => sum + w.items, 0)
+    return {
+      outstanding: native.outstanding,
+      queued: Math.max(0, native.outstanding - native.inFlight),
+      inFlight: native.inFlight,
+      items,
+      itemsPerSecond: (items * 1000) / lifetimeMs,
+      workers,
+      model: { path: this.modelPath, dimension: this.dimension, maxLength: this.maxLength },
+      runtime: this.runtime,
     }
   }
 

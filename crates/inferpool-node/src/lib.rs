@@ -7,7 +7,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use inferpool_core::{
   BackendError, BackendErrorKind, BatchPolicy, Cancellations, CloseMode, Pool, PoolConfig,
-  PoolError, Priority, SubmitOptions,
+  PoolError, Priority, SubmitOptions, WorkerState,
 };
 use inferpool_ort::{
   Device, EmbeddingModel, ModelFiles, Pooling, SessionOptions, backend_factory, init_runtime,
@@ -42,6 +42,12 @@ fn pool_error(error: &PoolError) -> napi::Error {
     PoolError::Internal(message) => coded("INTERNAL", message),
     PoolError::Backend(error) => backend_error(error),
   }
+}
+
+/// A counter as a JavaScript number.
+#[expect(clippy::cast_precision_loss, reason = "counters stay far below 2^53")]
+fn number(n: impl TryInto<u64>) -> f64 {
+  n.try_into().unwrap_or(u64::MAX) as f64
 }
 
 fn join_error(error: &tokio::task::JoinError) -> napi::Error {
@@ -98,6 +104,46 @@ pub struct BindingPool {
   inner: Arc<Pool>,
   max_length: u32,
   cancellations: Arc<Cancellations>,
+  /// Device of each worker, by worker index.
+  devices: Vec<String>,
+}
+
+/// One worker in `status()`.
+#[napi(object)]
+#[derive(Debug)]
+pub struct BindingWorkerStatus {
+  /// Worker index.
+  pub id: u32,
+  /// `cpu` or `cuda:N`.
+  pub device: String,
+  /// `idle`, `busy`, `backing-off` or `stopped`.
+  pub state: String,
+  /// Texts embedded.
+  pub items: f64,
+  /// Batches run (successful or not).
+  pub batches: f64,
+  /// Failed batches.
+  pub errors: f64,
+  /// Batches stolen from other workers.
+  pub steals: f64,
+  /// Current adaptive budget, padded tokens per batch.
+  pub token_budget: f64,
+  /// Time spent running batches, milliseconds.
+  pub busy_ms: f64,
+  /// Measured throughput (0 until the first batch).
+  pub items_per_second: f64,
+}
+
+/// What `status()` returns.
+#[napi(object)]
+#[derive(Debug)]
+pub struct BindingStatus {
+  /// Texts accepted and not yet embedded (queued or running).
+  pub outstanding: f64,
+  /// Texts running now.
+  pub in_flight: f64,
+  /// Per worker.
+  pub workers: Vec<BindingWorkerStatus>,
 }
 
 /// Loads the model's tokenizer, starts one worker per device entry and waits until every
@@ -113,6 +159,7 @@ pub async fn create_pool(options: BindingPoolOptions) -> Result<BindingPool> {
   if devices.is_empty() {
     return Err(coded("INVALID_INPUT", "at least one worker is needed"));
   }
+  let labels: Vec<String> = devices.iter().map(ToString::to_string).collect();
   let built =
     tokio::task::spawn_blocking(move || -> std::result::Result<(Pool, usize), BackendError> {
       let files = ModelFiles::resolve(&PathBuf::from(&options.model_path))?;
@@ -142,6 +189,7 @@ pub async fn create_pool(options: BindingPoolOptions) -> Result<BindingPool> {
   let (pool, max_length) = built.map_err(|e| backend_error(&e))?;
   Ok(BindingPool {
     cancellations: Arc::default(),
+    devices: labels,
     inner: Arc::new(pool),
     max_length: u32::try_from(max_length).unwrap_or(u32::MAX),
   })
@@ -207,6 +255,40 @@ impl BindingPool {
     };
     self.cancellations.forget(id);
     values?.map(Float32Array::new).map_err(|e| pool_error(&e))
+  }
+
+  /// Counters and state of the pool and of every worker, read without locks.
+  #[napi]
+  #[must_use]
+  pub fn status(&self) -> BindingStatus {
+    let stats = self.inner.stats();
+    BindingStatus {
+      outstanding: number(stats.outstanding),
+      in_flight: number(stats.in_flight),
+      workers: stats
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(id, w)| BindingWorkerStatus {
+          id: u32::try_from(id).unwrap_or(u32::MAX),
+          device: self.devices.get(id).cloned().unwrap_or_default(),
+          state: match w.state {
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+            WorkerState::BackingOff => "backing-off",
+            WorkerState::Stopped => "stopped",
+          }
+          .to_owned(),
+          items: number(w.items),
+          batches: number(w.batches),
+          errors: number(w.errors),
+          steals: number(w.steals),
+          token_budget: number(w.token_budget),
+          busy_ms: w.busy.as_secs_f64() * 1e3,
+          items_per_second: w.items_per_second,
+        })
+        .collect(),
+    }
   }
 
   /// Cancels the call `requestId`, answering it with `TIMEOUT` when `timedOut`, else with
