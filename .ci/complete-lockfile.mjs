@@ -46,7 +46,7 @@ for (const [path, pkg] of Object.entries(lock.packages)) {
     added++
   }
 }
-const sorted = Object.fromEntries(Object.entries(lock.packages).sort(([a], [b]) => (a === '' ? -1 : b === '' ? 1 : a < b ? -1 : 1)))
+const sorted = Object.fromEntries(Object.entries(lock.packages).sort(([a], [b]) => a.localeCompare(b, 'en')))
 lock.packages = sorted
 writeFileSync(file, `${JSON.stringify(lock, null, 2)}\n`)
 console.log(`added ${added} platform packages to package-lock.json`)
