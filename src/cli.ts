@@ -56,31 +56,21 @@ async function embedCommand(files: string[], opts: EmbedOptions): Promise<void> 
   const started = performance.now()
   bar?.start(items.length, 0, { speed: '0' })
   try {
-    // Many calls in flight so the pool batches across them; results are written in input order.
-    const slice = 32
-    const window = 16
-    const pending: Promise<Float32Array[]>[] = []
-    let next = 0
-    let done = 0
-    const launch = () => {
-      const texts = items.slice(next, next + slice).map((item) => item.text)
-      next += texts.length
-      pending.push(pool.embed(texts))
-    }
-    while (next < items.length && pending.length < window) launch()
-    while (pending.length > 0) {
-      const first = done
-      const vectors = await pending.shift()!
-      if (next < items.length) launch()
-      let lines = ''
-      vectors.forEach((vector, i) => {
-        const item = items[first + i]
-        lines += `${JSON.stringify({ id: item.id, text: item.text, embedding: Array.from(vector) })}\n`
-      })
-      await write(out, lines)
-      done += vectors.length
-      const seconds = (performance.now() - started) / 1000
-      bar?.update(done, { speed: (done / Math.max(seconds, 1e-3)).toFixed(1) })
+    // The stream keeps 512 texts in flight (batched across its calls) and yields in input order.
+    let lines = ''
+    for await (const { index, embedding } of pool.embedStream(
+      items.map((item) => item.text),
+      { highWaterMark: 512 },
+    )) {
+      const item = items[index]
+      lines += `${JSON.stringify({ id: item.id, text: item.text, embedding: Array.from(embedding) })}\n`
+      const done = index + 1
+      if (done % 32 === 0 || done === items.length) {
+        await write(out, lines)
+        lines = ''
+        const seconds = (performance.now() - started) / 1000
+        bar?.update(done, { speed: (done / Math.max(seconds, 1e-3)).toFixed(1) })
+      }
     }
   } finally {
     bar?.stop()

@@ -347,19 +347,12 @@ export class Pool {
     const onProgress = options?.onProgress
     if (onProgress === undefined) return this.#embed(texts, options)
     if (typeof onProgress !== 'function') throw new PoolError('INVALID_INPUT', 'onProgress must be a function')
+    // Not an array: let the call itself report the bad input.
+    if (!Array.isArray(texts)) return this.#embed(texts, options)
     const started = performance.now()
-    if (!Array.isArray(texts) || texts.length <= PROGRESS_PART) {
-      const result = await this.#embed(texts, options)
-      const seconds = (performance.now() - started) / 1000
-      onProgress({
-        done: result.length,
-        total: result.length,
-        itemsPerSecond: seconds > 0 ? result.length / seconds : 0,
-      })
-      return result
-    }
     let done = 0
-    const parts = Array.from({ length: Math.ceil(texts.length / PROGRESS_PART) }, (_, p) =>
+    const count = Math.max(1, Math.ceil(texts.length / PROGRESS_PART))
+    const parts = Array.from({ length: count }, (_, p) =>
       this.#embed(texts.slice(p * PROGRESS_PART, (p + 1) * PROGRESS_PART), options).then((vectors) => {
         done += vectors.length
         const seconds = (performance.now() - started) / 1000

@@ -263,9 +263,9 @@ impl Registry {
     self.injectors[item.request.priority.index()].push(item);
   }
 
-  /// Sum of the measured speeds of every worker; unmeasured workers count as the mean of the
+  /// The pool's total speed and the mean worker speed; unmeasured workers count as the mean of the
   /// measured ones (or 1 when none is measured yet).
-  fn speeds(&self) -> (f64, usize, f64) {
+  fn speeds(&self) -> (f64, f64) {
     let mut known = 0.0;
     let mut count = 0;
     for w in &self.workers {
@@ -279,7 +279,7 @@ impl Registry {
       if count == 0 { 1.0 } else { known / f64::from(u32::try_from(count).unwrap_or(u32::MAX)) };
     let total =
       known + mean * f64::from(u32::try_from(self.workers.len() - count).unwrap_or(u32::MAX));
-    (total, count, mean)
+    (total, mean)
   }
 }
 
@@ -654,7 +654,7 @@ impl WorkerThread {
       .tokens
       .load(Ordering::Relaxed)
       .saturating_sub(r.in_flight_tokens.load(Ordering::Relaxed));
-    let (total, _, mean) = r.speeds();
+    let (total, mean) = r.speeds();
     let mine = f64::from_bits(self.shared().speed.load(Ordering::Relaxed));
     let fraction = if mine > 0.0 { mine } else { mean } / total;
     let part = |n: usize| ((n as f64 * fraction).ceil() as usize).max(1);
