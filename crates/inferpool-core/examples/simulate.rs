@@ -11,7 +11,8 @@
 //! plus the largest single item on the fastest worker; for bursts, the work left after the last
 //! arrival bounds it too.
 //!
-//! `cargo run --release -p inferpool-core --example simulate`
+//! `cargo run --release -p inferpool-core --example simulate` (`SIM_ONLY=<name part>` runs only
+//! matching scenarios, inferpool only; `SIM_DEBUG=1` prints per-worker counters).
 #![expect(
   clippy::print_stdout,
   clippy::cast_precision_loss,
@@ -355,6 +356,15 @@ fn inferpool(scenario: &Scenario) -> Outcome {
       busy * 1e3,
       PER_TOKEN.as_secs_f64() * real as f64 * 1e3
     );
+    for w in &stats.workers {
+      eprintln!(
+        "  worker: busy {:.1} ms, {} items, {} batches, {} steals",
+        w.busy.as_secs_f64() * 1e3,
+        w.items,
+        w.batches,
+        w.steals
+      );
+    }
   }
   pool.close(CloseMode::Drain);
   Outcome {
@@ -460,7 +470,12 @@ fn main() {
   );
   println!("|---|---|---:|---:|---:|---|---:|---:|---:|");
   let mut worst: f64 = 0.0;
+  // SIM_ONLY=text: only the scenarios whose name contains it, only inferpool (for tuning).
+  let only = std::env::var("SIM_ONLY").ok();
   for scenario in scenarios() {
+    if only.as_deref().is_some_and(|o| !scenario.name.contains(o)) {
+      continue;
+    }
     let bound = scenario.lower_bound();
     let strategies: [(&str, Strategy); 4] = [
       ("(a) least-busy, wait for 160", Box::new(|s| preassigned(s, true, true))),
@@ -469,6 +484,9 @@ fn main() {
       ("(d) inferpool", Box::new(inferpool)),
     ];
     for (name, run) in strategies {
+      if only.is_some() && !name.contains("inferpool") {
+        continue;
+      }
       let mut outcome = run(&scenario);
       outcome.latencies.sort();
       let ratio = outcome.makespan.as_secs_f64() / bound.as_secs_f64();

@@ -8,7 +8,10 @@
 //!    so no item starves behind shorter ones.
 //! 4. It holds at most `cap` items and its padded cost (longest × count) stays within the
 //!    token budget; an item longer than the budget still runs, alone.
-//! 5. Nothing waits for a full batch: whatever the window holds is enough.
+//! 5. Its padding stays within `max_padding` of its real tokens, or within what one more batch
+//!    would cost (the worker's fitted cost model), whichever allows more: sorting by length
+//!    only pays when the items left out can batch with their own lengths later.
+//! 6. Nothing waits for a full batch: whatever the window holds is enough.
 
 use std::{
   sync::{
@@ -28,14 +31,15 @@ pub struct BatchPolicy {
   /// Most padded tokens (longest item × item count) in one batch, and the ceiling of the
   /// adaptive budget. One item longer than this still runs, alone.
   pub max_batch_tokens: usize,
-  /// Most queued items one worker holds and sorts by length per batch (it holds at most eight
-  /// batches' worth either way).
+  /// Most queued items one worker sorts by length per batch (it takes at most one batch's worth
+  /// from the queue at a time; more can gather in its deque from earlier batches and steals).
   pub window: usize,
   /// How long an idle worker may hold a partial batch open for more arrivals. Zero (the
   /// default) runs whatever is there at once.
   pub max_wait: Duration,
-  /// Most padding a batch may carry, as a fraction of its real tokens (0.05 = padded tokens at
-  /// most 5% above real ones). A batch stops growing before it would exceed this.
+  /// Most padding a batch may carry, as a fraction of its real tokens (0.02 = padded tokens at
+  /// most 2% above real ones), unless the padding costs less than one more batch would. A batch
+  /// stops growing before it would exceed this.
   pub max_padding: f64,
 }
 
@@ -46,7 +50,7 @@ impl Default for BatchPolicy {
       max_batch_tokens: 16_384,
       window: 2048,
       max_wait: Duration::ZERO,
-      max_padding: 0.05,
+      max_padding: 0.02,
     }
   }
 }
@@ -100,9 +104,6 @@ impl Queued {
   }
 }
 
-/// Most padding (fraction of real tokens) a batch may carry when a cost model chooses its size.
-const MODEL_PADDING_LIMIT: f64 = 0.5;
-
 /// A worker's measured batch cost: `fixed + per_token × padded tokens` seconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct CostModel {
@@ -113,10 +114,15 @@ pub(crate) struct CostModel {
 }
 
 impl CostModel {
-  /// Real tokens per second of a batch with `real` real and `padded` padded tokens.
-  #[expect(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
-  fn efficiency(self, real: usize, padded: usize) -> f64 {
-    real as f64 / (self.fixed + self.per_token * padded as f64)
+  /// Tokens that cost as much as one batch's fixed cost: padding up to this much is cheaper
+  /// than running the items in a batch of their own.
+  #[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a small token count"
+  )]
+  fn batch_equivalent(self) -> usize {
+    (self.fixed / self.per_token).min(1e9) as usize
   }
 }
 
@@ -152,8 +158,9 @@ pub(crate) fn select(
   let cap = cap.max(1);
   let budget = token_budget.max(1);
   let len_at = |i: usize| candidates[i].len();
-  // A measured cost model decides how much padding pays; the fixed bound is the fallback.
-  let max_padding = if cost.is_some() { max_padding.max(MODEL_PADDING_LIMIT) } else { max_padding };
+  // Padding is also fine up to what one more batch would cost (it lets a few short leftovers
+  // ride along instead of paying a batch of their own).
+  let free_padding = cost.map_or(0, CostModel::batch_equivalent);
 
   let (mut lo, mut hi) = (most_urgent, most_urgent + 1);
   let mut real = len_at(most_urgent);
@@ -161,11 +168,10 @@ pub(crate) fn select(
   // Whether a run of `count` items padded to `longest` with `real` real tokens is acceptable.
   #[expect(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
   let fits = |longest: usize, count: usize, real: usize| {
-    longest * count <= budget && (longest * count) as f64 <= real as f64 * (1.0 + max_padding)
+    let padded = longest * count;
+    padded <= budget
+      && (padded as f64 <= real as f64 * (1.0 + max_padding) || padded - real <= free_padding)
   };
-  // With a cost model, the run along the growth path that gives the most real tokens per second
-  // wins; without one, the whole path.
-  let mut best = (lo, hi, cost.map_or(0.0, |c| c.efficiency(real, len_at(most_urgent))));
   while hi - lo < cap {
     let count = hi - lo + 1;
     // Prefer shorter neighbours: they never raise the padded length.
@@ -180,19 +186,7 @@ pub(crate) fn select(
         || (hi < candidates.len() && len_at(hi) * count > budget);
       break;
     }
-    if let Some(cost) = cost {
-      let efficiency = cost.efficiency(real, len_at(hi - 1) * (hi - lo));
-      if efficiency >= best.2 {
-        best = (lo, hi, efficiency);
-      }
-    } else {
-      best = (lo, hi, 0.0);
-    }
   }
-  if (best.0, best.1) != (lo, hi) {
-    budget_bound = false;
-  }
-  let (lo, hi) = (best.0, best.1);
 
   let mut rest: Vec<Queued> = candidates.drain(hi..).collect();
   let batch: Vec<Queued> = candidates.drain(lo..).collect();
@@ -269,11 +263,11 @@ mod tests {
   fn a_cost_model_trades_padding_against_batch_overhead() {
     // Costly batches: padding 10 up to 20 is worth it to run all four together.
     let heavy = CostModel { fixed: 1.0, per_token: 0.001 };
-    let s = select(items(&[10, 10, 20, 20], Priority::Bulk), 8, 1000, 1.0, Some(heavy));
+    let s = select(items(&[10, 10, 20, 20], Priority::Bulk), 8, 1000, 0.05, Some(heavy));
     assert_eq!(s.batch.len(), 4);
     // Free batches, costly tokens: the two short ones run alone.
     let light = CostModel { fixed: 0.0, per_token: 0.001 };
-    let s = select(items(&[10, 10, 20, 20], Priority::Bulk), 8, 1000, 1.0, Some(light));
+    let s = select(items(&[10, 10, 20, 20], Priority::Bulk), 8, 1000, 0.05, Some(light));
     assert_eq!(indices(&s.batch), vec![0, 1]);
   }
 

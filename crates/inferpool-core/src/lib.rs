@@ -17,7 +17,9 @@ mod batch;
 mod cancel;
 mod error;
 mod pool;
+mod queue;
 mod request;
+mod share;
 pub mod sim;
 mod sleep;
 

@@ -1,25 +1,29 @@
-//! The scheduler: an injector per priority, a work-stealing deque per worker, one OS thread per
-//! worker, and the request lifecycle.
+//! The scheduler: injectors (interactive, and bulk by length class), a work-stealing deque per
+//! worker, one OS thread per worker, and the request lifecycle.
 //!
 //! How an item travels:
 //! 1. `submit` tokenizes on the caller's thread, checks admission (`max_queued_items`), pushes
-//!    every item into the injector of its priority and wakes workers ([`Sleep`]).
-//! 2. A worker whose device is free looks for work in this order ([`WorkerThread::find_work`]):
-//!    interactive items in the injector (unless the fairness tick says bulk goes first this
-//!    time), then its own deque, topped up from the bulk injector to a window of eight batches,
-//!    then a batch stolen from a random other worker.
-//! 3. It cuts a batch from what it holds ([`select`]): length-sorted, the most urgent item
-//!    included, capped by `max_batch_size`, its adaptive token budget, and its *share*: the
-//!    queued items and tokens divided among workers in proportion to their measured speed, so
-//!    the tail of a job is spread over every worker and a slow device is not handed as much as a
-//!    fast one. The rest goes back to its deque in length order, where idle workers can steal it.
-//! 4. The batch runs outside every lock, under `catch_unwind`. Rows go to their requests by
+//!    every item into its injector ([`Queues`]: interactive items in arrival order, bulk items
+//!    by length class) and wakes workers ([`Sleep`]).
+//! 2. A worker whose device is free first works out its *share* of the queued tokens
+//!    ([`fair_share`]): enough to finish together with every other worker, given their measured
+//!    speeds and the batches they are running. Its token budget for the batch is the smaller of
+//!    that share and its adaptive budget, so the tail of a job is spread over every worker and a
+//!    slow device is not handed as much as a fast one.
+//! 3. It looks for work in this order ([`WorkerThread::find_work`]): interactive items (unless
+//!    the fairness tick says bulk goes first this time), then its own deque, topped up from the
+//!    bulk length classes (a sweep downwards from its cursor) to the budget, then a batch stolen
+//!    from a random other worker.
+//! 4. It cuts a batch from what it holds ([`select`]): length-sorted, the most urgent item
+//!    included, capped by `max_batch_size`, the budget and the padding bound. The rest goes back
+//!    to its deque in length order, where idle workers can steal it.
+//! 5. The batch runs outside every lock, under `catch_unwind`. Rows go to their requests by
 //!    index. On failure: out-of-memory halves the budget and requeues the items; invalid input
 //!    fails their requests; any other error (or a panic) requeues the items for another worker
 //!    up to `max_attempts`, and the worker backs off exponentially until it succeeds again.
-//! 5. Items of answered requests (failed, cancelled) and items past their deadline are dropped
+//! 6. Items of answered requests (failed, cancelled) and items past their deadline are dropped
 //!    when a worker meets them; they never run.
-//! 6. `close` stops admission; in drain mode workers run until no item is outstanding, in cancel
+//! 7. `close` stops admission; in drain mode workers run until no item is outstanding, in cancel
 //!    mode every queued item fails with `Closed`. It returns once every thread has exited.
 
 use std::{
@@ -33,14 +37,16 @@ use std::{
   time::{Duration, Instant},
 };
 
-use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+use crossbeam_deque::{Steal, Stealer, Worker};
 
 use crate::{
   AdaptiveConfig, Backend, BackendError, BackendErrorKind, BackendFactory, BatchPolicy, PoolError,
   Tokenize,
   adaptive::Controller,
   batch::{Outstanding, Queued, select},
-  request::{Priority, Reply, Request, SubmitOptions},
+  queue::{CLASSES, Queues},
+  request::{Reply, Request, SubmitOptions},
+  share::{Peer, fair_share},
   sleep::{Sleep, Wake},
 };
 
@@ -195,6 +201,15 @@ struct WorkerShared {
   busy_nanos: AtomicU64,
   /// Items per second, as `f64` bits (0 = not measured yet).
   speed: AtomicU64,
+  /// Padded tokens per second, as `f64` bits (0 = not measured yet): the fitted marginal
+  /// speed once the cost model has one, a moving average before.
+  token_speed: AtomicU64,
+  /// Padded tokens of the batch running now (0 = none).
+  batch_tokens: AtomicUsize,
+  /// When that batch started, nanoseconds after the pool's epoch.
+  batch_started: AtomicU64,
+  /// How long the worker expects that batch to take, nanoseconds (0 = no estimate yet).
+  batch_expected: AtomicU64,
 }
 
 /// A cancellation handle for one submitted request.
@@ -230,8 +245,10 @@ impl Ticket {
 
 /// What the workers and the pool handle share (rayon's `Registry`).
 struct Registry {
-  /// One injector per priority, indexed by [`Priority::index`].
-  injectors: [Injector<Queued>; 2],
+  /// Where admitted items wait.
+  queues: Queues,
+  /// Time zero of the workers' timestamps.
+  epoch: Instant,
   /// Steal ends of every worker's deque.
   stealers: Vec<Stealer<Queued>>,
   /// Park/wake protocol.
@@ -260,26 +277,11 @@ impl Registry {
   }
 
   fn push(&self, item: Queued) {
-    self.injectors[item.request.priority.index()].push(item);
+    self.queues.push(item);
   }
 
-  /// The pool's total speed and the mean worker speed; unmeasured workers count as the mean of the
-  /// measured ones (or 1 when none is measured yet).
-  fn speeds(&self) -> (f64, f64) {
-    let mut known = 0.0;
-    let mut count = 0;
-    for w in &self.workers {
-      let s = f64::from_bits(w.speed.load(Ordering::Relaxed));
-      if s > 0.0 {
-        known += s;
-        count += 1;
-      }
-    }
-    let mean =
-      if count == 0 { 1.0 } else { known / f64::from(u32::try_from(count).unwrap_or(u32::MAX)) };
-    let total =
-      known + mean * f64::from(u32::try_from(self.workers.len() - count).unwrap_or(u32::MAX));
-    (total, mean)
+  fn nanos_since_epoch(&self) -> u64 {
+    u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
   }
 }
 
@@ -312,7 +314,8 @@ impl Pool {
     assert!(config.workers > 0, "a pool needs at least one worker");
     let deques: Vec<Worker<Queued>> = (0..config.workers).map(|_| Worker::new_fifo()).collect();
     let registry = Arc::new(Registry {
-      injectors: [Injector::new(), Injector::new()],
+      queues: Queues::default(),
+      epoch: Instant::now(),
       stealers: deques.iter().map(Worker::stealer).collect(),
       sleep: Sleep::default(),
       closing: AtomicU8::new(OPEN),
@@ -536,15 +539,7 @@ impl Drop for Pool {
 
 /// Fails every item in the injectors with `Closed`.
 fn drain_injectors(registry: &Registry) {
-  for injector in &registry.injectors {
-    loop {
-      match injector.steal() {
-        Steal::Success(item) => item.request.fail(PoolError::Closed),
-        Steal::Retry => {}
-        Steal::Empty => break,
-      }
-    }
-  }
+  registry.queues.drain(|item| item.request.fail(PoolError::Closed));
 }
 
 /// One worker's private state (rayon's `WorkerThread`).
@@ -560,6 +555,8 @@ struct WorkerThread {
   failures: u32,
   /// xorshift state for choosing steal victims.
   rng: u64,
+  /// The bulk length class this worker's sweep takes from next.
+  cursor: usize,
   /// Reused output buffer.
   out: Vec<f32>,
 }
@@ -583,6 +580,7 @@ impl WorkerThread {
       tick: 0,
       failures: 0,
       rng: 0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1),
+      cursor: CLASSES - 1,
       out: Vec::new(),
     }
   }
@@ -634,49 +632,83 @@ impl WorkerThread {
     self.rng
   }
 
-  /// This worker's share of the queued work, in items and in tokens: the queue divided in
-  /// proportion to its measured speed.
-  #[expect(
-    clippy::cast_precision_loss,
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    reason = "small counts"
-  )]
-  fn share(&self) -> (usize, usize) {
+  /// This worker's share of the queued tokens ([`fair_share`]): what it should take so that it
+  /// finishes with every other worker, given their measured speeds and the batches they are
+  /// running. A worker not measured yet counts at the mean of the measured ones; when none is
+  /// measured, all count as equal and free.
+  fn share(&self) -> usize {
     let r = &self.registry;
     let queued = r
-      .outstanding
-      .items
-      .load(Ordering::Relaxed)
-      .saturating_sub(r.in_flight.load(Ordering::Relaxed));
-    let tokens = r
       .outstanding
       .tokens
       .load(Ordering::Relaxed)
       .saturating_sub(r.in_flight_tokens.load(Ordering::Relaxed));
-    let (total, mean) = r.speeds();
-    let mine = f64::from_bits(self.shared().speed.load(Ordering::Relaxed));
-    let fraction = if mine > 0.0 { mine } else { mean } / total;
-    let part = |n: usize| ((n as f64 * fraction).ceil() as usize).max(1);
-    (part(queued), part(tokens))
+    let queued_items = r
+      .outstanding
+      .items
+      .load(Ordering::Relaxed)
+      .saturating_sub(r.in_flight.load(Ordering::Relaxed));
+    let speed_of = |w: &WorkerShared| f64::from_bits(w.token_speed.load(Ordering::Relaxed));
+    let (known, measured) = r
+      .workers
+      .iter()
+      .map(speed_of)
+      .filter(|&s| s > 0.0)
+      .fold((0.0, 0_u32), |(sum, n), s| (sum + s, n + 1));
+    let mean = if measured == 0 { None } else { Some(known / f64::from(measured)) };
+    let now = r.nanos_since_epoch();
+    let mut peers = Vec::with_capacity(r.workers.len());
+    for (index, w) in r.workers.iter().enumerate() {
+      let state = WorkerState::from_u8(w.state.load(Ordering::Relaxed));
+      if index == self.index || matches!(state, WorkerState::BackingOff | WorkerState::Stopped) {
+        continue;
+      }
+      let own = speed_of(w);
+      let speed = if own > 0.0 { own } else { mean.unwrap_or(1.0) };
+      // A peer that cannot predict its batch yet counts as free: guessing its work too small
+      // costs one more batch, guessing it too large leaves this worker running alone at the end.
+      let expected = if w.batch_tokens.load(Ordering::Relaxed) == 0 {
+        0
+      } else {
+        w.batch_expected.load(Ordering::Relaxed)
+      };
+      let running = now.saturating_sub(w.batch_started.load(Ordering::Relaxed));
+      #[expect(clippy::cast_precision_loss, reason = "nanoseconds of one batch")]
+      let free_in = expected.saturating_sub(running) as f64 * 1e-9;
+      peers.push(Peer { free_in, speed });
+    }
+    let own = speed_of(self.shared());
+    let mine = if own > 0.0 { own } else { mean.unwrap_or(1.0) };
+    #[expect(
+      clippy::cast_precision_loss,
+      clippy::cast_possible_truncation,
+      clippy::cast_sign_loss,
+      reason = "token counts are far below 2^52"
+    )]
+    let share = fair_share(queued as f64, mine, &mut peers).ceil() as usize;
+    // Items are whole: round the share to the nearest item rather than down, or the last items
+    // of a job are left over for an extra round of small batches.
+    share.saturating_add(queued / queued_items.max(1) / 2).max(1)
   }
 
-  /// Looks for the next batch (module docs, steps 2–3). `None` when nothing is runnable
-  /// anywhere. The flag tells whether the token budget bounded the batch.
+  /// Looks for the next batch (module docs, steps 2–4). `None` when nothing is runnable
+  /// anywhere. The flag tells whether the adaptive token budget bounded the batch.
   fn find_work(&mut self) -> Option<(Vec<Queued>, bool)> {
     let policy = self.registry.config.policy;
-    let (share, token_share) = self.share();
-    let mut cap = policy.max_batch_size.min(share).max(1);
-    if self.shared().speed.load(Ordering::Relaxed) == 0 {
+    let share = self.share();
+    let cap = policy.max_batch_size.max(1);
+    let mut budget = self.controller.budget().min(share);
+    if self.shared().token_speed.load(Ordering::Relaxed) == 0 {
       // Speed not measured yet: a first, smaller batch measures it without handing a slow
       // device a large part of the queue.
-      cap = cap.div_ceil(FIRST_BATCH_DIVISOR);
+      budget = budget.div_ceil(FIRST_BATCH_DIVISOR);
     }
+    let adaptive_bound = budget >= self.controller.budget();
     self.tick += 1;
     let bulk_first = self.tick.is_multiple_of(FAIRNESS_INTERVAL);
     let mut held = false;
     loop {
-      let mut candidates = self.gather(cap, bulk_first);
+      let mut candidates = self.gather(cap, budget, bulk_first);
       if candidates.is_empty() {
         return None;
       }
@@ -705,7 +737,6 @@ impl WorkerThread {
           continue;
         }
       }
-      let budget = self.controller.budget().min(token_share);
       let mut selection =
         select(candidates, cap, budget, policy.max_padding, self.controller.cost_model());
       // The rest goes back in length order: a thief takes from the front, so what it steals is a
@@ -714,62 +745,52 @@ impl WorkerThread {
       for item in selection.rest {
         self.deque.push(item);
       }
-      if !self.deque.is_empty() || !self.registry.injectors.iter().all(Injector::is_empty) {
+      if !self.deque.is_empty() || !self.registry.queues.is_empty() {
         // Work is left: let an idle worker have it.
         self.registry.sleep.notify(Wake::One);
       }
-      return Some((selection.batch, selection.budget_bound));
+      return Some((selection.batch, selection.budget_bound && adaptive_bound));
     }
   }
 
-  /// Collects candidates: interactive items first (unless it is bulk's turn), else the local
-  /// deque topped up to this worker's share from the bulk injector, else a steal.
-  fn gather(&mut self, cap: usize, bulk_first: bool) -> Vec<Queued> {
-    let window = self.registry.config.policy.window.min(cap.saturating_mul(8)).max(1);
+  /// Collects candidates: interactive items first (unless it is bulk's turn), else what the
+  /// local deque holds, topped up from the bulk length classes to `cap` items and `budget`
+  /// tokens, else a steal.
+  fn gather(&mut self, cap: usize, budget: usize, bulk_first: bool) -> Vec<Queued> {
+    let window = self.registry.config.policy.window.max(cap);
     let mut candidates = Vec::new();
     if !bulk_first {
-      self.take_interactive(cap, &mut candidates);
+      self.registry.queues.take_interactive(cap, &mut candidates);
       if !candidates.is_empty() {
         return candidates;
       }
     }
-    if self.deque.len() < window {
-      self.refill(window - self.deque.len());
+    self.pop_into(&mut candidates, window);
+    let held: usize = candidates.iter().map(Queued::len).sum();
+    if candidates.len() < cap && held < budget {
+      self.registry.queues.refill(
+        &self.deque,
+        &mut self.cursor,
+        cap - candidates.len(),
+        budget - held,
+      );
+      self.pop_into(&mut candidates, window);
     }
-    if self.deque.is_empty() {
+    if candidates.is_empty() {
       self.steal();
-    }
-    while candidates.len() < window {
-      let Some(item) = self.deque.pop() else { break };
-      candidates.push(item);
+      self.pop_into(&mut candidates, window);
     }
     if candidates.is_empty() && bulk_first {
-      self.take_interactive(cap, &mut candidates);
+      self.registry.queues.take_interactive(cap, &mut candidates);
     }
     candidates
   }
 
-  /// Moves up to `cap` interactive items straight into `out`.
-  fn take_interactive(&self, cap: usize, out: &mut Vec<Queued>) {
-    let injector = &self.registry.injectors[Priority::Interactive.index()];
-    while out.len() < cap {
-      match injector.steal() {
-        Steal::Success(item) => out.push(item),
-        Steal::Retry => {}
-        Steal::Empty => break,
-      }
-    }
-  }
-
-  /// Moves up to `limit` bulk items from the injector into the local deque.
-  fn refill(&self, limit: usize) {
-    let injector = &self.registry.injectors[Priority::Bulk.index()];
-    let target = self.deque.len() + limit;
-    while self.deque.len() < target {
-      match injector.steal_batch_with_limit(&self.deque, target - self.deque.len()) {
-        Steal::Success(()) | Steal::Retry => {}
-        Steal::Empty => break,
-      }
+  /// Moves items from the local deque into `out` until it holds `window`.
+  fn pop_into(&self, out: &mut Vec<Queued>, window: usize) {
+    while out.len() < window {
+      let Some(item) = self.deque.pop() else { break };
+      out.push(item);
     }
   }
 
@@ -803,7 +824,7 @@ impl WorkerThread {
     }
   }
 
-  /// Runs one batch and settles every item in it (module docs, step 4).
+  /// Runs one batch and settles every item in it (module docs, step 5).
   fn run_batch(&mut self, (batch, budget_bound): (Vec<Queued>, bool)) {
     let registry = Arc::clone(&self.registry);
     let dimension = self.backend.dimension();
@@ -813,6 +834,10 @@ impl WorkerThread {
     registry.in_flight.fetch_add(count, Ordering::Relaxed);
     registry.in_flight_tokens.fetch_add(real, Ordering::Relaxed);
     self.set_state(WorkerState::Busy);
+    let shared = &registry.workers[self.index];
+    shared.batch_expected.store(self.predict(padded), Ordering::Relaxed);
+    shared.batch_started.store(registry.nanos_since_epoch(), Ordering::Relaxed);
+    shared.batch_tokens.store(padded.max(1), Ordering::Relaxed);
     self.out.clear();
     self.out.resize(count * dimension, 0.0);
     let started = Instant::now();
@@ -824,7 +849,7 @@ impl WorkerThread {
       })
     };
     let elapsed = started.elapsed();
-    let shared = &registry.workers[self.index];
+    shared.batch_tokens.store(0, Ordering::Relaxed);
     shared.batches.fetch_add(1, Ordering::Relaxed);
     shared
       .busy_nanos
@@ -834,7 +859,7 @@ impl WorkerThread {
         self.failures = 0;
         shared.items.fetch_add(count as u64, Ordering::Relaxed);
         self.controller.observe(padded, elapsed, budget_bound);
-        self.record_speed(count, elapsed);
+        self.record_speed(count, padded, elapsed);
         registry.in_flight.fetch_sub(count, Ordering::Relaxed);
         registry.in_flight_tokens.fetch_sub(real, Ordering::Relaxed);
         for (item, row) in batch.into_iter().zip(self.out.chunks_exact(dimension.max(1))) {
@@ -855,19 +880,44 @@ impl WorkerThread {
     shared.token_budget.store(self.controller.budget(), Ordering::Relaxed);
   }
 
-  fn record_speed(&self, items: usize, elapsed: Duration) {
+  /// Expected nanoseconds of a batch of `padded` tokens on this worker, from its fitted cost
+  /// model (0 before it has one: a speed averaged over a few small batches overestimates).
+  #[expect(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "token counts and nanoseconds of one batch"
+  )]
+  fn predict(&self, padded: usize) -> u64 {
+    self
+      .controller
+      .cost_model()
+      .map_or(0, |cost| ((cost.fixed + cost.per_token * padded as f64) * 1e9) as u64)
+  }
+
+  /// Folds one batch into the worker's measured speeds (moving averages; the token speed is the
+  /// fitted marginal speed when the cost model has one).
+  fn record_speed(&self, items: usize, padded: usize, elapsed: Duration) {
     if elapsed.is_zero() {
       return;
     }
-    #[expect(clippy::cast_precision_loss, reason = "batch sizes are small")]
-    let rate = items as f64 / elapsed.as_secs_f64();
-    let speed = &self.shared().speed;
-    let old = f64::from_bits(speed.load(Ordering::Relaxed));
-    let new = if old > 0.0 { old * 0.7 + rate * 0.3 } else { rate };
-    speed.store(new.to_bits(), Ordering::Relaxed);
+    let seconds = elapsed.as_secs_f64();
+    let fold = |speed: &AtomicU64, amount: usize| {
+      #[expect(clippy::cast_precision_loss, reason = "batch sizes are small")]
+      let rate = amount as f64 / seconds;
+      let old = f64::from_bits(speed.load(Ordering::Relaxed));
+      let new = if old > 0.0 { old * 0.7 + rate * 0.3 } else { rate };
+      speed.store(new.to_bits(), Ordering::Relaxed);
+    };
+    fold(&self.shared().speed, items);
+    if let Some(cost) = self.controller.cost_model() {
+      self.shared().token_speed.store((1.0 / cost.per_token).to_bits(), Ordering::Relaxed);
+    } else {
+      fold(&self.shared().token_speed, padded.max(1));
+    }
   }
 
-  /// Failure semantics (module docs, step 4).
+  /// Failure semantics (module docs, step 5).
   fn settle_failure(&mut self, batch: Vec<Queued>, error: &BackendError, padded: usize) {
     let registry = Arc::clone(&self.registry);
     let cancelling = registry.closing() == CANCEL;

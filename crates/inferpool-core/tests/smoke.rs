@@ -103,6 +103,8 @@ fn deadlines_and_cancellation_skip_work() {
     deadline: Some(std::time::Instant::now() + Duration::from_millis(10)),
     ..SubmitOptions::default()
   };
+  // Shorter than the busy items, so that it queues behind them (bulk items leave the queue
+  // longest first).
   let (_, late_rx) = submit(&pool, &["late".to_owned()], late).unwrap();
   let (ticket, cancelled_rx) =
     submit(&pool, &["cancel me".to_owned()], SubmitOptions::default()).unwrap();
