@@ -36,7 +36,8 @@ describe('per-call options', () => {
     await tick(60) // the backlog is queued first
     const controller = new AbortController()
     const started = performance.now()
-    const victim = pool.embed(backlog(5, 'victim'), { signal: controller.signal })
+    // Texts of the backlog's own length queue behind it (bulk items of one length leave in order).
+    const victim = pool.embed(backlog(3, 'bulk'), { signal: controller.signal })
     setTimeout(() => controller.abort(), 20)
     expect(await code(victim)).toBe('ABORTED')
     expect(performance.now() - started).toBeLessThan(1000)
@@ -47,7 +48,7 @@ describe('per-call options', () => {
     const bulk = pool.embed(backlog(200, 'bulk'))
     await tick(60) // the backlog is queued first
     const started = performance.now()
-    const late = pool.embed(['too late'], { timeoutMs: 30 })
+    const late = pool.embed(backlog(1, 'bulk'), { timeoutMs: 30 })
     expect(await code(late)).toBe('TIMEOUT')
     expect(performance.now() - started).toBeLessThan(1000)
     expect(await bulk).toHaveLength(200)
@@ -79,5 +80,59 @@ describe('per-call options', () => {
     expect(await code(pool.embed(['x'], { priority: 'urgent' as 'bulk' }))).toBe('INVALID_INPUT')
     expect(await code(pool.embed(['x'], { timeoutMs: -1 }))).toBe('INVALID_INPUT')
     expect(await code(pool.embed(['x'], { signal: {} as AbortSignal }))).toBe('INVALID_INPUT')
+  })
+})
+
+describe("whenFull: 'wait'", () => {
+  let pool: Pool
+  beforeAll(async () => {
+    pool = await Pool.create({ cpuWorkers: 1, maxBatchSize: 4, maxQueuedItems: 40, whenFull: 'wait' })
+  })
+  afterAll(() => pool?.close())
+
+  it('holds calls beyond maxQueuedItems until they fit, and answers each correctly', async () => {
+    const calls = Array.from({ length: 12 }, (_, c) => backlog(20, `call ${c}`))
+    const results = await Promise.all(calls.map((texts) => pool.embed(texts)))
+    // Each answer is that call's own: compare a sample against the same texts embedded alone.
+    for (const c of [0, 7, 11]) {
+      const alone = await pool.embed([calls[c][3]])
+      expect(results[c]).toHaveLength(20)
+      expect(Array.from(results[c][3])).toEqual(Array.from(alone[0]))
+    }
+    expect(pool.status().outstanding).toBe(0)
+  })
+
+  it('rejects a call larger than maxQueuedItems at once', async () => {
+    expect(await code(pool.embed(backlog(41, 'huge')))).toBe('OVERLOADED')
+  })
+
+  it('times out and aborts calls while they wait for room', async () => {
+    const full = pool.embed(backlog(40, 'full'))
+    await tick(30)
+    const late = pool.embed(['waits'], { timeoutMs: 40 })
+    const controller = new AbortController()
+    const leaving = pool.embed(['leaves'], { signal: controller.signal })
+    setTimeout(() => controller.abort(new Error('gone')), 20)
+    expect(await code(leaving)).toBe('ABORTED')
+    expect(await code(late)).toBe('TIMEOUT')
+    expect(await full).toHaveLength(40)
+  })
+
+  it('a draining close lets waiting calls finish', async () => {
+    const other = await Pool.create({ cpuWorkers: 1, maxBatchSize: 4, maxQueuedItems: 10, whenFull: 'wait' })
+    const calls = Array.from({ length: 5 }, (_, c) => other.embed(backlog(8, `drain ${c}`)))
+    await tick(10)
+    await other.close({ drain: true })
+    for (const result of await Promise.all(calls)) expect(result).toHaveLength(8)
+  })
+
+  it('a cancelling close rejects waiting calls with POOL_CLOSED', async () => {
+    const other = await Pool.create({ cpuWorkers: 1, maxBatchSize: 4, maxQueuedItems: 10, whenFull: 'wait' })
+    const first = code(other.embed(backlog(10, 'first')))
+    await tick(10)
+    const waiting = code(other.embed(backlog(5, 'waiting')))
+    await other.close({ drain: false })
+    expect(await waiting).toBe('POOL_CLOSED')
+    expect(['resolved', 'POOL_CLOSED']).toContain(await first)
   })
 })

@@ -23,6 +23,8 @@ export declare class BindingPool {
   embed(texts: Array<string>, requestId: number, priority: string, timeoutMs?: number | undefined | null): Promise<Float32Array>
   /** Counters and state of the pool and of every worker, read without locks. */
   status(): BindingStatus
+  /** The pool's histograms, read without locks. */
+  metrics(): BindingMetrics
   /**
    * Cancels the call `requestId`, answering it with `TIMEOUT` when `timedOut`, else with
    * `ABORTED`; its texts not yet started are not run.
@@ -33,6 +35,30 @@ export declare class BindingPool {
    * `POOL_CLOSED`. Resolves once every worker thread has exited.
    */
   close(drain: boolean): Promise<void>
+}
+
+/** A histogram in `metrics()`. */
+export interface BindingHistogram {
+  /** Upper bounds of the buckets, increasing. */
+  bounds: Array<number>
+  /** Observations at or below each bound (cumulative). */
+  counts: Array<number>
+  /** Observations. */
+  count: number
+  /** Sum of the observations. */
+  sum: number
+}
+
+/** What `metrics()` returns: the histograms (`status()` has the counters). */
+export interface BindingMetrics {
+  /** Per text: queued to the start of its batch, seconds. */
+  queueWait: BindingHistogram
+  /** Per call: tokenizing, seconds. */
+  tokenize: BindingHistogram
+  /** Per call: submitted to answered, seconds. */
+  endToEnd: BindingHistogram
+  /** Per worker, by index. */
+  workers: Array<BindingWorkerHistograms>
 }
 
 /** Options of `createPool`, already validated and resolved by the TypeScript layer. */
@@ -75,6 +101,14 @@ export interface BindingStatus {
   inFlight: number
   /** Per worker. */
   workers: Array<BindingWorkerStatus>
+}
+
+/** One worker's histograms in `metrics()`. */
+export interface BindingWorkerHistograms {
+  /** Batch run time, seconds. */
+  inference: BindingHistogram
+  /** Texts per batch. */
+  batchSize: BindingHistogram
 }
 
 /** One worker in `status()`. */

@@ -1,8 +1,9 @@
 import { availableParallelism } from 'node:os'
-import { resolve } from 'node:path'
+import { basename, resolve } from 'node:path'
 
 import type { BindingPool } from './binding.cjs'
 import { PoolError, fromNative } from './errors.js'
+import { type Family, type Labels, exposition } from './metrics.js'
 import { defaultCacheDir, ensureDefaultModel } from './model.js'
 import { native } from './native.js'
 import { type RuntimeInfo, initRuntime } from './runtime.js'
@@ -114,6 +115,14 @@ export interface PoolStatus {
   runtime: RuntimeInfo
 }
 
+/** What a pool keeps of its options. */
+interface Settings {
+  /** The `model` label of its metrics. */
+  model: string
+  whenFull: 'reject' | 'wait'
+  maxQueuedItems: number
+}
+
 /** Texts per part when `onProgress` splits a call. */
 const PROGRESS_PART = 256
 
@@ -142,10 +151,17 @@ export interface PoolOptions {
    */
   maxBatchTokens?: number
   /**
-   * Most texts accepted and not yet embedded, over all calls; a call beyond it is rejected at
-   * once with `OVERLOADED`. Default 1,048,576.
+   * Most texts accepted and not yet embedded, over all calls. What happens to a call beyond it
+   * is `whenFull`'s choice. Default 1,048,576.
    */
   maxQueuedItems?: number
+  /**
+   * What a call that would exceed `maxQueuedItems` does: `'reject'` (default) fails it at once
+   * with `OVERLOADED`, so a service can shed load; `'wait'` holds it (in call order) until
+   * earlier calls finish and it fits. A waiting call still honours its `signal` and `timeoutMs`,
+   * and a call larger than `maxQueuedItems` on its own is rejected with `OVERLOADED` either way.
+   */
+  whenFull?: 'reject' | 'wait'
   /**
    * How long an idle worker may hold a partial batch open for more calls to arrive, in
    * milliseconds. Default 0: run whatever is queued at once.
@@ -219,6 +235,11 @@ export class Pool {
   #nextId = 0
   /** When the pool started, for rates in {@link Pool.status}. */
   readonly #started = performance.now()
+  readonly #settings: Settings
+  /** Calls waiting for room (`whenFull: 'wait'`): woken whenever a call settles. */
+  #waiters: (() => void)[] = []
+  /** Their promises, which a drain also waits for. */
+  readonly #waiting = new Set<Promise<unknown>>()
 
   /** Width of every embedding (384 for the default model). */
   readonly dimension: number
@@ -229,8 +250,9 @@ export class Pool {
   /** The ONNX Runtime library in use. */
   readonly runtime: RuntimeInfo
 
-  private constructor(binding: BindingPool, modelPath: string, runtime: RuntimeInfo) {
+  private constructor(binding: BindingPool, modelPath: string, runtime: RuntimeInfo, settings: Settings) {
     this.#native = binding
+    this.#settings = settings
     this.dimension = binding.dimension
     this.maxLength = binding.maxLength
     this.modelPath = modelPath
@@ -259,6 +281,10 @@ export class Pool {
     const maxBatchSize = positiveInt('maxBatchSize', options.maxBatchSize, 64)
     const maxBatchTokens = positiveInt('maxBatchTokens', options.maxBatchTokens, 16384)
     const maxQueuedItems = positiveInt('maxQueuedItems', options.maxQueuedItems, 1 << 20)
+    const whenFull = options.whenFull ?? 'reject'
+    if (whenFull !== 'reject' && whenFull !== 'wait') {
+      throw new PoolError('INVALID_INPUT', `whenFull must be "reject" or "wait", got ${JSON.stringify(whenFull)}`)
+    }
     const maxWaitMs = options.maxWaitMs === 0 ? 0 : positiveInt('maxWaitMs', options.maxWaitMs, 0)
     const maxLength = options.maxLength === undefined ? undefined : positiveInt('maxLength', options.maxLength, 0)
     const pooling = options.pooling ?? 'mean'
@@ -288,7 +314,11 @@ export class Pool {
         maxQueuedItems,
         maxWaitMs,
       })
-      return new Pool(binding, modelPath, runtime)
+      return new Pool(binding, modelPath, runtime, {
+        model: model === 'default' ? 'default' : basename(modelPath),
+        whenFull,
+        maxQueuedItems,
+      })
     } catch (error) {
       throw fromNative(error)
     }
@@ -328,6 +358,98 @@ export class Pool {
     }
   }
 
+  /**
+   * The pool's counters, gauges and histograms in the Prometheus text format, labelled by model,
+   * device and worker: serve it from `/metrics`, alone or appended to prom-client's
+   * `await register.metrics()`. Histograms: `inferpool_queue_wait_seconds` (per text, queued to
+   * batch start), `inferpool_tokenize_seconds` and `inferpool_request_duration_seconds` (per
+   * call), `inferpool_inference_seconds` and `inferpool_batch_size` (per batch and worker).
+   */
+  metrics(): string {
+    const status = this.status()
+    const histograms = this.#native.metrics()
+    const model = this.#settings.model
+    const worker = (w: WorkerStatus): Labels => ({ model, device: w.device, worker: String(w.id) })
+    const perWorker = (pick: (w: WorkerStatus) => number) =>
+      status.workers.map((w) => ({ labels: worker(w), value: pick(w) }))
+    const families: Family[] = [
+      { name: 'inferpool_items_total', help: 'Texts embedded.', type: 'counter', samples: perWorker((w) => w.items) },
+      {
+        name: 'inferpool_batches_total',
+        help: 'Batches run, successful or not.',
+        type: 'counter',
+        samples: perWorker((w) => w.batches),
+      },
+      {
+        name: 'inferpool_errors_total',
+        help: 'Batches that failed (their texts were retried or reported).',
+        type: 'counter',
+        samples: perWorker((w) => w.errors),
+      },
+      {
+        name: 'inferpool_steals_total',
+        help: 'Batches of queued texts stolen from other workers.',
+        type: 'counter',
+        samples: perWorker((w) => w.steals),
+      },
+      {
+        name: 'inferpool_busy_seconds_total',
+        help: 'Time spent running batches.',
+        type: 'counter',
+        samples: perWorker((w) => w.busyMs / 1000),
+      },
+      {
+        name: 'inferpool_token_budget',
+        help: 'Current adaptive budget, padded tokens per batch.',
+        type: 'gauge',
+        samples: perWorker((w) => w.tokenBudget),
+      },
+      {
+        name: 'inferpool_queued_items',
+        help: 'Texts waiting for a worker.',
+        type: 'gauge',
+        samples: [{ labels: { model }, value: status.queued }],
+      },
+      {
+        name: 'inferpool_in_flight_items',
+        help: 'Texts running now.',
+        type: 'gauge',
+        samples: [{ labels: { model }, value: status.inFlight }],
+      },
+      {
+        name: 'inferpool_queue_wait_seconds',
+        help: 'Per text: from queued to the start of its batch.',
+        type: 'histogram',
+        samples: [{ labels: { model }, value: histograms.queueWait }],
+      },
+      {
+        name: 'inferpool_tokenize_seconds',
+        help: 'Per call: tokenizing its texts.',
+        type: 'histogram',
+        samples: [{ labels: { model }, value: histograms.tokenize }],
+      },
+      {
+        name: 'inferpool_request_duration_seconds',
+        help: 'Per call: from submitted to answered, in the native pool.',
+        type: 'histogram',
+        samples: [{ labels: { model }, value: histograms.endToEnd }],
+      },
+      {
+        name: 'inferpool_inference_seconds',
+        help: 'Per batch: running it on the device.',
+        type: 'histogram',
+        samples: status.workers.map((w) => ({ labels: worker(w), value: histograms.workers[w.id].inference })),
+      },
+      {
+        name: 'inferpool_batch_size',
+        help: 'Per batch: texts in it.',
+        type: 'histogram',
+        samples: status.workers.map((w) => ({ labels: worker(w), value: histograms.workers[w.id].batchSize })),
+      },
+    ]
+    return exposition(families)
+  }
+
   /** Whether {@link Pool.close} has been called. */
   get closed(): boolean {
     return this.#closed
@@ -340,7 +462,7 @@ export class Pool {
    *
    * @throws {PoolError} `INVALID_INPUT` when `texts` is not an array of strings or an option is
    * malformed, `POOL_CLOSED` after {@link Pool.close}, `OVERLOADED` when `maxQueuedItems` would
-   * be exceeded, `ABORTED` when `signal` aborts, `TIMEOUT` when `timeoutMs` passes,
+   * be exceeded (with `whenFull: 'reject'`, or when the call alone is larger), `ABORTED` when `signal` aborts, `TIMEOUT` when `timeoutMs` passes,
    * `INFERENCE_FAILED` when ONNX Runtime fails on every attempt.
    */
   async embed(texts: readonly string[], options: EmbedOptions = {}): Promise<Float32Array[]> {
@@ -464,7 +586,78 @@ export class Pool {
     }
     if (signal?.aborted) throw aborted(signal)
     if (texts.length === 0) return []
+    if (this.#settings.whenFull === 'reject' || texts.length > this.#settings.maxQueuedItems) {
+      return this.#submit(texts, priority, signal, timeoutMs)
+    }
+    const waiting = this.#submitOrWait(texts, priority, signal, timeoutMs)
+    this.#waiting.add(waiting)
+    try {
+      return await waiting
+    } finally {
+      this.#waiting.delete(waiting)
+    }
+  }
 
+  /** `whenFull: 'wait'`: submits, and on `OVERLOADED` waits for a call to settle and retries. */
+  async #submitOrWait(
+    texts: readonly string[],
+    priority: Priority,
+    signal: AbortSignal | undefined,
+    timeoutMs: number | undefined,
+  ): Promise<Float32Array[]> {
+    const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs
+    while (true) {
+      const left = deadline === undefined ? undefined : Math.ceil(deadline - performance.now())
+      if (left !== undefined && left <= 0) throw timedOut(timeoutMs as number)
+      try {
+        return await this.#submit(texts, priority, signal, left)
+      } catch (error) {
+        if (!(error instanceof PoolError) || error.code !== 'OVERLOADED') throw error
+      }
+      await this.#room(signal, deadline, timeoutMs)
+    }
+  }
+
+  /** Resolves when some call settles (there may be room then); rejects on abort or timeout. */
+  #room(signal: AbortSignal | undefined, deadline: number | undefined, timeoutMs: number | undefined): Promise<void> {
+    // Nothing in flight: the room was freed before this call looked; retry at once.
+    if (this.#pending.size === 0) return Promise.resolve()
+    return new Promise<void>((resolve, reject) => {
+      let timer: ReturnType<typeof setTimeout> | undefined
+      const done = () => {
+        clearTimeout(timer)
+        signal?.removeEventListener('abort', onAbort)
+        this.#waiters = this.#waiters.filter((w) => w !== wake)
+      }
+      const wake = () => {
+        done()
+        resolve()
+      }
+      const onAbort = () => {
+        done()
+        reject(aborted(signal as AbortSignal))
+      }
+      this.#waiters.push(wake)
+      signal?.addEventListener('abort', onAbort, { once: true })
+      if (deadline !== undefined) {
+        timer = setTimeout(
+          () => {
+            done()
+            reject(timedOut(timeoutMs as number))
+          },
+          Math.max(0, deadline - performance.now()),
+        )
+      }
+    })
+  }
+
+  /** Hands one call to the native pool and waits for its rows. */
+  async #submit(
+    texts: readonly string[],
+    priority: Priority,
+    signal: AbortSignal | undefined,
+    timeoutMs: number | undefined,
+  ): Promise<Float32Array[]> {
     const id = this.#nextId
     this.#nextId = (this.#nextId + 1) % 2 ** 32
     const call = this.#native.embed(texts as string[], id, priority, timeoutMs)
@@ -478,12 +671,12 @@ export class Pool {
     } catch (error) {
       const failure = fromNative(error)
       if (failure.code === 'ABORTED' && signal?.aborted) throw aborted(signal, failure)
-      if (failure.code === 'TIMEOUT' && timeoutMs !== undefined) {
-        throw new PoolError('TIMEOUT', `the call did not finish within ${timeoutMs} ms`, { cause: failure })
-      }
+      if (failure.code === 'TIMEOUT' && timeoutMs !== undefined) throw timedOut(timeoutMs, failure)
       throw failure
     } finally {
       this.#pending.delete(call)
+      // Room may have been freed: every waiting call tries again, in the order they came.
+      for (const wake of this.#waiters.slice()) wake()
       clearTimeout(timer)
       signal?.removeEventListener('abort', onAbort)
     }
@@ -502,7 +695,8 @@ export class Pool {
       const drain = options.drain ?? true
       // A call made before close() may still be on its way into the native queue: a drain
       // waits for every such call to settle first, so none of them is turned away.
-      const before = drain ? Promise.allSettled(this.#pending) : Promise.resolve()
+      const before = drain ? this.#settled() : Promise.resolve()
+      if (!drain) for (const wake of this.#waiters.slice()) wake()
       this.#closing = before
         .then(() => this.#native.close(drain))
         .catch((error: unknown) => {
@@ -510,6 +704,13 @@ export class Pool {
         })
     }
     return this.#closing
+  }
+
+  /** Resolves once no call is in flight or waiting for room. */
+  async #settled(): Promise<void> {
+    while (this.#pending.size > 0 || this.#waiting.size > 0) {
+      await Promise.allSettled([...this.#pending, ...this.#waiting])
+    }
   }
 
   /** `await using pool = await Pool.create()` closes (draining) at the end of the scope. */
@@ -526,6 +727,14 @@ function openIterator(source: Iterable<string> | AsyncIterable<string>): AsyncIt
   const iterable = (source as Iterable<string> | null)?.[Symbol.iterator]
   if (typeof iterable === 'function') return iterable.call(source)
   throw new PoolError('INVALID_INPUT', `the source must be iterable or async iterable, got ${describe(source)}`)
+}
+
+function timedOut(timeoutMs: number, cause?: unknown): PoolError {
+  return new PoolError(
+    'TIMEOUT',
+    `the call did not finish within ${timeoutMs} ms`,
+    cause === undefined ? {} : { cause },
+  )
 }
 
 function aborted(signal: AbortSignal, cause?: unknown): PoolError {

@@ -44,6 +44,7 @@ use crate::{
   Tokenize,
   adaptive::Controller,
   batch::{Outstanding, Queued, select},
+  metrics::{HistogramSnapshot, PoolHistograms, WorkerHistograms},
   queue::{CLASSES, Queues},
   request::{Reply, Request, SubmitOptions},
   share::{Peer, fair_share},
@@ -132,7 +133,7 @@ impl WorkerState {
 }
 
 /// Counters of one worker since the pool started.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct WorkerStats {
   /// What it is doing now.
   pub state: WorkerState,
@@ -150,6 +151,10 @@ pub struct WorkerStats {
   pub busy: Duration,
   /// Measured throughput, items per second (0 until it has run a batch).
   pub items_per_second: f64,
+  /// Run time of its batches, seconds.
+  pub inference: HistogramSnapshot,
+  /// Items per batch.
+  pub batch_size: HistogramSnapshot,
 }
 
 /// Counters and queue depth of the whole pool.
@@ -161,6 +166,12 @@ pub struct PoolStats {
   pub in_flight: usize,
   /// Per worker.
   pub workers: Vec<WorkerStats>,
+  /// Per item: admission to the start of its batch, seconds.
+  pub queue_wait: HistogramSnapshot,
+  /// Per request: tokenizing its texts, seconds.
+  pub tokenize: HistogramSnapshot,
+  /// Per request: `submit` to its answer, seconds.
+  pub end_to_end: HistogramSnapshot,
 }
 
 impl PoolStats {
@@ -210,6 +221,7 @@ struct WorkerShared {
   batch_started: AtomicU64,
   /// How long the worker expects that batch to take, nanoseconds (0 = no estimate yet).
   batch_expected: AtomicU64,
+  histograms: WorkerHistograms,
 }
 
 /// A cancellation handle for one submitted request.
@@ -249,6 +261,7 @@ struct Registry {
   queues: Queues,
   /// Time zero of the workers' timestamps.
   epoch: Instant,
+  histograms: Arc<PoolHistograms>,
   /// Steal ends of every worker's deque.
   stealers: Vec<Stealer<Queued>>,
   /// Park/wake protocol.
@@ -316,6 +329,7 @@ impl Pool {
     let registry = Arc::new(Registry {
       queues: Queues::default(),
       epoch: Instant::now(),
+      histograms: Arc::default(),
       stealers: deques.iter().map(Worker::stealer).collect(),
       sleep: Sleep::default(),
       closing: AtomicU8::new(OPEN),
@@ -422,6 +436,11 @@ impl Pool {
     reply: Reply,
   ) -> Result<Ticket, PoolError> {
     let registry = &self.registry;
+    let (histograms, submitted) = (Arc::clone(&registry.histograms), Instant::now());
+    let reply: Reply = Box::new(move |result| {
+      histograms.end_to_end.record_duration(submitted.elapsed());
+      reply(result);
+    });
     let request = Arc::new(Request::new(texts.len(), self.dimension, options, reply));
     let ticket = Ticket { request: Arc::clone(&request) };
     // Reserve the places before looking at `closing` (both SeqCst): a drain that starts after
@@ -446,7 +465,10 @@ impl Pool {
       release(registry);
       return Err(PoolError::Overloaded { queued: before, requested: texts.len(), limit });
     }
-    let encoded = match self.tokenizer.encode(texts) {
+    let tokenizing = Instant::now();
+    let encoded = self.tokenizer.encode(texts);
+    registry.histograms.tokenize.record_duration(tokenizing.elapsed());
+    let encoded = match encoded {
       Ok(encoded) if encoded.len() == texts.len() => encoded,
       Ok(encoded) => {
         release(registry);
@@ -502,8 +524,13 @@ impl Pool {
           token_budget: w.token_budget.load(Ordering::Relaxed),
           busy: Duration::from_nanos(w.busy_nanos.load(Ordering::Relaxed)),
           items_per_second: f64::from_bits(w.speed.load(Ordering::Relaxed)),
+          inference: w.histograms.inference.snapshot(),
+          batch_size: w.histograms.batch_size.snapshot(),
         })
         .collect(),
+      queue_wait: r.histograms.queue_wait.snapshot(),
+      tokenize: r.histograms.tokenize.snapshot(),
+      end_to_end: r.histograms.end_to_end.snapshot(),
     }
   }
 
@@ -841,6 +868,12 @@ impl WorkerThread {
     self.out.clear();
     self.out.resize(count * dimension, 0.0);
     let started = Instant::now();
+    for item in &batch {
+      registry
+        .histograms
+        .queue_wait
+        .record_duration(started.saturating_duration_since(item.admitted_at));
+    }
     let result = {
       let inputs: Vec<&crate::TokenizedText> = batch.iter().map(|q| &q.input).collect();
       let (backend, out) = (&mut self.backend, &mut self.out);
@@ -851,6 +884,8 @@ impl WorkerThread {
     let elapsed = started.elapsed();
     shared.batch_tokens.store(0, Ordering::Relaxed);
     shared.batches.fetch_add(1, Ordering::Relaxed);
+    shared.histograms.inference.record_duration(elapsed);
+    shared.histograms.batch_size.record_count(count);
     shared
       .busy_nanos
       .fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);

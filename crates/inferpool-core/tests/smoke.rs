@@ -53,12 +53,38 @@ fn transient_failures_are_retried_on_another_worker() {
 }
 
 #[test]
+fn histograms_count_what_was_submitted() {
+  let pool = pool(3, sim());
+  let requests: Vec<Vec<String>> =
+    (0..20).map(|r| (0..=r).map(|i| format!("request {r} item {i}")).collect()).collect();
+  for texts in &requests {
+    assert_eq!(embed(&pool, texts).unwrap(), expected(texts));
+  }
+  let stats = pool.stats();
+  let items = requests.iter().map(Vec::len).sum::<usize>() as u64;
+  assert_eq!(stats.end_to_end.count, 20);
+  assert_eq!(stats.tokenize.count, 20);
+  assert_eq!(stats.queue_wait.count, items);
+  let batch_count: u64 = stats.workers.iter().map(|w| w.batch_size.count).sum();
+  assert_eq!(batch_count, stats.batches());
+  let item_sum: f64 = stats.workers.iter().map(|w| w.batch_size.sum).sum();
+  assert!((item_sum - f64::from(u32::try_from(items).unwrap())).abs() < f64::EPSILON);
+  assert_eq!(stats.workers.iter().map(|w| w.inference.count).sum::<u64>(), stats.batches());
+  // Cumulative buckets never decrease and end at or below the count.
+  for h in [&stats.end_to_end, &stats.queue_wait] {
+    assert!(h.buckets.windows(2).all(|w| w[0].1 <= w[1].1));
+    assert!(h.buckets.last().unwrap().1 <= h.count);
+    assert!(h.sum > 0.0);
+  }
+}
+
+#[test]
 fn out_of_memory_halves_the_batch_and_caps_the_budget() {
   let backend = SimBackend { memory_tokens: Some(40), ..sim() };
   let pool = pool_with(&config(1, 64), backend);
   let texts: Vec<String> = (0..64).map(|i| format!("{i:>9}")).collect(); // 9 tokens each
   assert_eq!(embed(&pool, &texts).unwrap(), expected(&texts));
-  let worker = pool.stats().workers[0];
+  let worker = pool.stats().workers[0].clone();
   assert!(worker.token_budget <= 40, "budget {} above what fits", worker.token_budget);
   assert!(worker.errors >= 1);
 }

@@ -6,8 +6,8 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use inferpool_core::{
-  BackendError, BackendErrorKind, BatchPolicy, Cancellations, CloseMode, Pool, PoolConfig,
-  PoolError, Priority, SubmitOptions, WorkerState,
+  BackendError, BackendErrorKind, BatchPolicy, Cancellations, CloseMode, HistogramSnapshot, Pool,
+  PoolConfig, PoolError, Priority, SubmitOptions, WorkerState,
 };
 use inferpool_ort::{
   Device, EmbeddingModel, ModelFiles, Pooling, SessionOptions, backend_factory, init_runtime,
@@ -144,6 +144,55 @@ pub struct BindingStatus {
   pub in_flight: f64,
   /// Per worker.
   pub workers: Vec<BindingWorkerStatus>,
+}
+
+/// A histogram in `metrics()`.
+#[napi(object)]
+#[derive(Debug)]
+pub struct BindingHistogram {
+  /// Upper bounds of the buckets, increasing.
+  pub bounds: Vec<f64>,
+  /// Observations at or below each bound (cumulative).
+  pub counts: Vec<f64>,
+  /// Observations.
+  pub count: f64,
+  /// Sum of the observations.
+  pub sum: f64,
+}
+
+impl From<&HistogramSnapshot> for BindingHistogram {
+  fn from(h: &HistogramSnapshot) -> Self {
+    Self {
+      bounds: h.buckets.iter().map(|b| b.0).collect(),
+      counts: h.buckets.iter().map(|b| number(b.1)).collect(),
+      count: number(h.count),
+      sum: h.sum,
+    }
+  }
+}
+
+/// One worker's histograms in `metrics()`.
+#[napi(object)]
+#[derive(Debug)]
+pub struct BindingWorkerHistograms {
+  /// Batch run time, seconds.
+  pub inference: BindingHistogram,
+  /// Texts per batch.
+  pub batch_size: BindingHistogram,
+}
+
+/// What `metrics()` returns: the histograms (`status()` has the counters).
+#[napi(object)]
+#[derive(Debug)]
+pub struct BindingMetrics {
+  /// Per text: queued to the start of its batch, seconds.
+  pub queue_wait: BindingHistogram,
+  /// Per call: tokenizing, seconds.
+  pub tokenize: BindingHistogram,
+  /// Per call: submitted to answered, seconds.
+  pub end_to_end: BindingHistogram,
+  /// Per worker, by index.
+  pub workers: Vec<BindingWorkerHistograms>,
 }
 
 /// Loads the model's tokenizer, starts one worker per device entry and waits until every
@@ -286,6 +335,26 @@ impl BindingPool {
           token_budget: number(w.token_budget),
           busy_ms: w.busy.as_secs_f64() * 1e3,
           items_per_second: w.items_per_second,
+        })
+        .collect(),
+    }
+  }
+
+  /// The pool's histograms, read without locks.
+  #[napi]
+  #[must_use]
+  pub fn metrics(&self) -> BindingMetrics {
+    let stats = self.inner.stats();
+    BindingMetrics {
+      queue_wait: (&stats.queue_wait).into(),
+      tokenize: (&stats.tokenize).into(),
+      end_to_end: (&stats.end_to_end).into(),
+      workers: stats
+        .workers
+        .iter()
+        .map(|w| BindingWorkerHistograms {
+          inference: (&w.inference).into(),
+          batch_size: (&w.batch_size).into(),
         })
         .collect(),
     }
