@@ -107,7 +107,8 @@ describe("whenFull: 'wait'", () => {
   })
 
   it('times out and aborts calls while they wait for room', async () => {
-    const full = pool.embed(backlog(40, 'full'))
+    // Long texts: the backlog takes a while, and room comes back only when it finishes.
+    const full = pool.embed(backlog(40, 'full').map((t) => t.repeat(4)))
     await tick(30)
     const late = pool.embed(['waits'], { timeoutMs: 40 })
     const controller = new AbortController()

@@ -83,6 +83,8 @@ export interface BindingPoolOptions {
   maxQueuedItems: number
   /** How long an idle worker may hold a partial batch open, in milliseconds. */
   maxWaitMs: number
+  /** Whether a GPU worker whose session cannot be built runs on the CPU instead. */
+  cpuFallback: boolean
 }
 
 /** What was loaded by `initRuntime`. */
@@ -115,8 +117,12 @@ export interface BindingWorkerHistograms {
 export interface BindingWorkerStatus {
   /** Worker index. */
   id: number
-  /** `cpu` or `cuda:N`. */
+  /** `cpu` or `cuda:N`, as asked. */
   device: string
+  /** The execution provider it runs on: `cpu` or `cuda`. */
+  provider: string
+  /** Why it runs on the CPU although it was given a GPU. */
+  fallback?: string
   /** `idle`, `busy`, `backing-off` or `stopped`. */
   state: string
   /** Texts embedded. */

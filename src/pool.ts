@@ -1,3 +1,4 @@
+import { readdirSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { basename, resolve } from 'node:path'
 
@@ -71,8 +72,12 @@ export type WorkerState = 'idle' | 'busy' | 'backing-off' | 'stopped'
 export interface WorkerStatus {
   /** Worker index. */
   id: number
-  /** `'cpu'` or `'cuda:N'`. */
+  /** `'cpu'` or `'cuda:N'`, as configured. */
   device: string
+  /** The execution provider it runs on: `'cuda'`, or `'cpu'` (also after a fallback). */
+  provider: 'cpu' | 'cuda'
+  /** Why a GPU worker runs on the CPU (`onDeviceFailure: 'cpu'`), absent otherwise. */
+  fallback?: string
   /** What it is doing now. */
   state: WorkerState
   /** Texts it embedded. */
@@ -134,8 +139,22 @@ export interface PoolOptions {
    * `.onnx` file inside one.
    */
   model?: string
-  /** Devices to run on: `'cpu'` and/or `'cuda:N'`. Default `['cpu']`. */
-  devices?: string[]
+  /**
+   * Devices to run on: `'cpu'` and/or `'cuda:N'`, or `'auto'`: every NVIDIA GPU the machine shows
+   * (`CUDA_VISIBLE_DEVICES`, else `/proc/driver/nvidia/gpus`), each falling back to the CPU if it
+   * cannot run, or the CPU when there is none. The `INFERPOOL_DEVICES` environment variable
+   * (`auto` or a comma-separated list) overrides this option. Default `['cpu']`.
+   */
+  devices?: 'auto' | string[]
+  /** Sessions (worker threads) per GPU: several overlap copies and compute. Default 1. */
+  sessionsPerDevice?: number
+  /**
+   * What a GPU worker does when its session cannot be built (no CUDA provider libraries, no
+   * driver, a bad device id): `'fail'` (default for a device list) rejects {@link Pool.create}
+   * with `DEVICE_UNAVAILABLE`; `'cpu'` (always, with `devices: 'auto'`) runs that worker on the
+   * CPU instead, and {@link Pool.status} says why in its `fallback`.
+   */
+  onDeviceFailure?: 'fail' | 'cpu'
   /**
    * Worker threads on the CPU, each with its own ONNX Runtime session. Default: the number of
    * cores, at most 4.
@@ -196,20 +215,52 @@ function positiveInt(name: string, value: unknown, fallback: number): number {
 
 const DEVICE = /^(cpu|cuda(:\d+)?)$/
 
-function workerDevices(devices: unknown, cpuWorkers: number): string[] {
-  const list = devices ?? ['cpu']
+/** NVIDIA GPUs this process may use, as CUDA numbers them. */
+function cudaDeviceCount(): number {
+  const visible = process.env.CUDA_VISIBLE_DEVICES?.trim()
+  if (visible !== undefined) return visible === '' || visible.startsWith('-') ? 0 : visible.split(',').length
+  try {
+    return readdirSync('/proc/driver/nvidia/gpus').length
+  } catch {
+    return 0
+  }
+}
+
+/** The device of every worker, and whether a GPU worker falls back to the CPU. */
+function workerDevices(
+  option: unknown,
+  cpuWorkers: number,
+  sessionsPerDevice: number,
+  onDeviceFailure: 'fail' | 'cpu',
+): { devices: string[]; cpuFallback: boolean } {
+  const fromEnv = process.env.INFERPOOL_DEVICES?.trim()
+  let list = fromEnv ? (fromEnv === 'auto' ? 'auto' : fromEnv.split(',').map((d) => d.trim())) : (option ?? ['cpu'])
+  let cpuFallback = onDeviceFailure === 'cpu'
+  if (list === 'auto') {
+    const gpus = cudaDeviceCount()
+    list = gpus === 0 ? ['cpu'] : Array.from({ length: gpus }, (_, i) => `cuda:${i}`)
+    cpuFallback = true
+  }
   if (!Array.isArray(list) || list.length === 0) {
-    throw new PoolError('INVALID_INPUT', 'devices must be a non-empty array such as ["cpu"] or ["cuda:0", "cpu"]')
+    throw new PoolError(
+      'INVALID_INPUT',
+      'devices must be "auto" or a non-empty array such as ["cpu"] or ["cuda:0", "cpu"]' +
+        (fromEnv ? ` (INFERPOOL_DEVICES is ${JSON.stringify(fromEnv)})` : ''),
+    )
   }
   const workers: string[] = []
   for (const device of list) {
     if (typeof device !== 'string' || !DEVICE.test(device)) {
-      throw new PoolError('INVALID_INPUT', `unknown device ${JSON.stringify(device)}: expected "cpu" or "cuda:N"`)
+      throw new PoolError(
+        'INVALID_INPUT',
+        `unknown device ${JSON.stringify(device)}: expected "cpu" or "cuda:N"` +
+          (fromEnv ? ` (from INFERPOOL_DEVICES)` : ''),
+      )
     }
     if (device === 'cpu') workers.push(...Array<string>(cpuWorkers).fill('cpu'))
-    else workers.push(device === 'cuda' ? 'cuda:0' : device)
+    else workers.push(...Array<string>(sessionsPerDevice).fill(device === 'cuda' ? 'cuda:0' : device))
   }
-  return workers
+  return { devices: workers, cpuFallback }
 }
 
 const asyncDispose: typeof Symbol.asyncDispose =
@@ -272,7 +323,15 @@ export class Pool {
     }
     const cores = availableParallelism()
     const cpuWorkers = positiveInt('cpuWorkers', options.cpuWorkers, Math.min(cores, 4))
-    const devices = workerDevices(options.devices, cpuWorkers)
+    const sessionsPerDevice = positiveInt('sessionsPerDevice', options.sessionsPerDevice, 1)
+    const onDeviceFailure = options.onDeviceFailure ?? 'fail'
+    if (onDeviceFailure !== 'fail' && onDeviceFailure !== 'cpu') {
+      throw new PoolError(
+        'INVALID_INPUT',
+        `onDeviceFailure must be "fail" or "cpu", got ${JSON.stringify(onDeviceFailure)}`,
+      )
+    }
+    const { devices, cpuFallback } = workerDevices(options.devices, cpuWorkers, sessionsPerDevice, onDeviceFailure)
     const intraOpThreads = positiveInt(
       'intraOpThreads',
       options.intraOpThreads,
@@ -313,6 +372,7 @@ export class Pool {
         maxLength,
         maxQueuedItems,
         maxWaitMs,
+        cpuFallback,
       })
       return new Pool(binding, modelPath, runtime, {
         model: model === 'default' ? 'default' : basename(modelPath),
@@ -334,6 +394,8 @@ export class Pool {
     const workers = native.workers.map((w) => ({
       id: w.id,
       device: w.device,
+      provider: w.provider as 'cpu' | 'cuda',
+      ...(w.fallback ? { fallback: w.fallback } : {}),
       state: w.state as WorkerState,
       items: w.items,
       batches: w.batches,
@@ -666,17 +728,19 @@ export class Pool {
     signal?.addEventListener('abort', onAbort, { once: true })
     const timer = timeoutMs === undefined ? undefined : setTimeout(() => this.#native.cancel(id, true), timeoutMs)
     let flat: Float32Array
+    let admitted = true
     try {
       flat = await call
     } catch (error) {
       const failure = fromNative(error)
+      admitted = failure.code !== 'OVERLOADED'
       if (failure.code === 'ABORTED' && signal?.aborted) throw aborted(signal, failure)
       if (failure.code === 'TIMEOUT' && timeoutMs !== undefined) throw timedOut(timeoutMs, failure)
       throw failure
     } finally {
       this.#pending.delete(call)
-      // Room may have been freed: every waiting call tries again, in the order they came.
-      for (const wake of this.#waiters.slice()) wake()
+      // A call that was queued has left: every waiting call tries again, in the order they came.
+      if (admitted) for (const wake of this.#waiters.slice()) wake()
       clearTimeout(timer)
       signal?.removeEventListener('abort', onAbort)
     }

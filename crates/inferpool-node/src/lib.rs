@@ -10,7 +10,8 @@ use inferpool_core::{
   PoolConfig, PoolError, Priority, SubmitOptions, WorkerState,
 };
 use inferpool_ort::{
-  Device, EmbeddingModel, ModelFiles, Pooling, SessionOptions, backend_factory, init_runtime,
+  Device, EmbeddingModel, Fallbacks, ModelFiles, Pooling, SessionOptions, backend_factory,
+  init_runtime,
 };
 use napi::bindgen_prelude::{Float32Array, Result};
 use napi_derive::napi;
@@ -95,6 +96,8 @@ pub struct BindingPoolOptions {
   pub max_queued_items: u32,
   /// How long an idle worker may hold a partial batch open, in milliseconds.
   pub max_wait_ms: u32,
+  /// Whether a GPU worker whose session cannot be built runs on the CPU instead.
+  pub cpu_fallback: bool,
 }
 
 /// A running pool.
@@ -106,6 +109,8 @@ pub struct BindingPool {
   cancellations: Arc<Cancellations>,
   /// Device of each worker, by worker index.
   devices: Vec<String>,
+  /// Why a GPU worker runs on the CPU, by worker index.
+  fallbacks: Fallbacks,
 }
 
 /// One worker in `status()`.
@@ -114,8 +119,12 @@ pub struct BindingPool {
 pub struct BindingWorkerStatus {
   /// Worker index.
   pub id: u32,
-  /// `cpu` or `cuda:N`.
+  /// `cpu` or `cuda:N`, as asked.
   pub device: String,
+  /// The execution provider it runs on: `cpu` or `cuda`.
+  pub provider: String,
+  /// Why it runs on the CPU although it was given a GPU.
+  pub fallback: Option<String>,
   /// `idle`, `busy`, `backing-off` or `stopped`.
   pub state: String,
   /// Texts embedded.
@@ -209,6 +218,8 @@ pub async fn create_pool(options: BindingPoolOptions) -> Result<BindingPool> {
     return Err(coded("INVALID_INPUT", "at least one worker is needed"));
   }
   let labels: Vec<String> = devices.iter().map(ToString::to_string).collect();
+  let fallbacks: Fallbacks = (0..devices.len()).map(|_| std::sync::OnceLock::new()).collect();
+  let factory_fallbacks = options.cpu_fallback.then(|| Arc::clone(&fallbacks));
   let built =
     tokio::task::spawn_blocking(move || -> std::result::Result<(Pool, usize), BackendError> {
       let files = ModelFiles::resolve(&PathBuf::from(&options.model_path))?;
@@ -230,7 +241,7 @@ pub async fn create_pool(options: BindingPoolOptions) -> Result<BindingPool> {
         max_queued_items: options.max_queued_items.max(1) as usize,
         ..PoolConfig::default()
       };
-      let factory = backend_factory(model.files.onnx.clone(), devices, session);
+      let factory = backend_factory(model.files.onnx.clone(), devices, session, factory_fallbacks);
       Ok((Pool::new(&config, model, factory)?, max_length))
     })
     .await
@@ -239,6 +250,7 @@ pub async fn create_pool(options: BindingPoolOptions) -> Result<BindingPool> {
   Ok(BindingPool {
     cancellations: Arc::default(),
     devices: labels,
+    fallbacks,
     inner: Arc::new(pool),
     max_length: u32::try_from(max_length).unwrap_or(u32::MAX),
   })
@@ -321,6 +333,8 @@ impl BindingPool {
         .map(|(id, w)| BindingWorkerStatus {
           id: u32::try_from(id).unwrap_or(u32::MAX),
           device: self.devices.get(id).cloned().unwrap_or_default(),
+          provider: self.provider(id).to_owned(),
+          fallback: self.fallbacks.get(id).and_then(|f| f.get()).cloned(),
           state: match w.state {
             WorkerState::Idle => "idle",
             WorkerState::Busy => "busy",
@@ -338,6 +352,11 @@ impl BindingPool {
         })
         .collect(),
     }
+  }
+
+  fn provider(&self, id: usize) -> &'static str {
+    let on_gpu = self.devices.get(id).is_some_and(|d| d.starts_with("cuda"));
+    if on_gpu && self.fallbacks.get(id).is_none_or(|f| f.get().is_none()) { "cuda" } else { "cpu" }
   }
 
   /// The pool's histograms, read without locks.

@@ -5,7 +5,11 @@
 //! `last_hidden_state` (or `token_embeddings`, or the first rank-3 output). A batch is padded to
 //! its longest item; pooling only reads the real tokens of each row.
 
-use std::{borrow::Cow, path::PathBuf, sync::Arc};
+use std::{
+  borrow::Cow,
+  path::PathBuf,
+  sync::{Arc, OnceLock},
+};
 
 use inferpool_core::{Backend, BackendError, BackendErrorKind, BackendFactory, TokenizedText};
 use ort::{
@@ -267,16 +271,34 @@ impl Backend for OrtBackend {
   }
 }
 
-/// A factory that gives worker `i` a session on `devices[i]`.
+/// Why a worker runs on the CPU instead of the GPU it was given, per worker index (set once,
+/// while the pool starts).
+pub type Fallbacks = Arc<[OnceLock<String>]>;
+
+/// A factory that gives worker `i` a session on `devices[i]`. With `fallbacks`, a worker whose
+/// GPU session cannot be built gets a CPU session instead and the reason is kept in
+/// `fallbacks[i]`; without, the error stops the pool from starting.
 #[must_use]
 pub fn backend_factory(
   onnx: PathBuf,
   devices: Vec<Device>,
   options: SessionOptions,
+  fallbacks: Option<Fallbacks>,
 ) -> BackendFactory {
   let devices = Arc::new(devices);
   Box::new(move |index| {
     let device = devices.get(index).copied().unwrap_or(Device::Cpu);
-    OrtBackend::new(&onnx, device, options.clone()).map(|b| Box::new(b) as Box<dyn Backend>)
+    let built = match (OrtBackend::new(&onnx, device, options.clone()), &fallbacks) {
+      (Err(error), Some(fallbacks)) if device != Device::Cpu => {
+        // A model that cannot load fails on the CPU too, and that error is the one reported.
+        let backend = OrtBackend::new(&onnx, Device::Cpu, options.clone())?;
+        if let Some(slot) = fallbacks.get(index) {
+          let _ = slot.set(error.message.trim_end().to_owned());
+        }
+        Ok(backend)
+      }
+      (built, _) => built,
+    };
+    built.map(|b| Box::new(b) as Box<dyn Backend>)
   })
 }
