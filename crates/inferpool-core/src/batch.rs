@@ -196,11 +196,12 @@ pub(crate) fn select(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
   use super::*;
   use crate::request::{Priority, Request, SubmitOptions};
 
-  fn items(lengths: &[usize], priority: Priority) -> Vec<Queued> {
+  /// Queued items of `lengths` tokens, one request, admitted in order.
+  pub(crate) fn items(lengths: &[usize], priority: Priority) -> Vec<Queued> {
     let options = SubmitOptions { priority, deadline: None };
     let request = Arc::new(Request::new(lengths.len(), 1, options, Box::new(|_| {})));
     let outstanding = Arc::new(Outstanding::default());

@@ -158,35 +158,12 @@ impl Queues {
 
 #[cfg(test)]
 mod tests {
-  use std::{
-    sync::{Arc, atomic::Ordering},
-    time::Instant,
-  };
-
   use super::*;
-  use crate::{
-    TokenizedText,
-    batch::Outstanding,
-    request::{Request, SubmitOptions},
-  };
 
   fn queue_of(lengths: &[usize]) -> Queues {
-    let request =
-      Arc::new(Request::new(lengths.len(), 1, SubmitOptions::default(), Box::new(|_| {})));
-    let outstanding = Arc::new(Outstanding::default());
-    outstanding.items.store(lengths.len(), Ordering::SeqCst);
-    outstanding.tokens.store(lengths.iter().map(|&l| l.max(1)).sum(), Ordering::SeqCst);
     let queues = Queues::default();
-    for (index, &len) in lengths.iter().enumerate() {
-      queues.push(Queued {
-        request: Arc::clone(&request),
-        index,
-        input: TokenizedText { ids: vec![1; len], type_ids: vec![0; len] },
-        seq: index as u64,
-        admitted_at: Instant::now(),
-        attempts: 0,
-        outstanding: Arc::clone(&outstanding),
-      });
+    for item in crate::batch::tests::items(lengths, Priority::Bulk) {
+      queues.push(item);
     }
     queues
   }
