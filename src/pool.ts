@@ -686,31 +686,34 @@ export class Pool {
     if (this.#pending.size === 0) return Promise.resolve()
     return new Promise<void>((resolve, reject) => {
       let timer: ReturnType<typeof setTimeout> | undefined
-      const done = () => {
+      const stopListening = () => {
         clearTimeout(timer)
         signal?.removeEventListener('abort', onAbort)
-        this.#waiters = this.#waiters.filter((w) => w !== wake)
       }
+      // Called by #wakeWaiters, which has already taken it off the list.
       const wake = () => {
-        done()
+        stopListening()
         resolve()
       }
-      const onAbort = () => {
-        done()
-        reject(aborted(signal as AbortSignal))
+      const leave = (error: PoolError) => {
+        stopListening()
+        this.#waiters = this.#waiters.filter((w) => w !== wake)
+        reject(error)
       }
+      const onAbort = () => leave(aborted(signal as AbortSignal))
       this.#waiters.push(wake)
       signal?.addEventListener('abort', onAbort, { once: true })
       if (deadline !== undefined) {
-        timer = setTimeout(
-          () => {
-            done()
-            reject(timedOut(timeoutMs as number))
-          },
-          Math.max(0, deadline - performance.now()),
-        )
+        timer = setTimeout(() => leave(timedOut(timeoutMs as number)), Math.max(0, deadline - performance.now()))
       }
     })
+  }
+
+  /** Wakes every call waiting for room; each tries again, in the order they came. */
+  #wakeWaiters(): void {
+    const waiters = this.#waiters
+    this.#waiters = []
+    for (const wake of waiters) wake()
   }
 
   /** Hands one call to the native pool and waits for its rows. */
@@ -740,7 +743,7 @@ export class Pool {
     } finally {
       this.#pending.delete(call)
       // A call that was queued has left: every waiting call tries again, in the order they came.
-      if (admitted) for (const wake of this.#waiters.slice()) wake()
+      if (admitted) this.#wakeWaiters()
       clearTimeout(timer)
       signal?.removeEventListener('abort', onAbort)
     }
@@ -760,7 +763,7 @@ export class Pool {
       // A call made before close() may still be on its way into the native queue: a drain
       // waits for every such call to settle first, so none of them is turned away.
       const before = drain ? this.#settled() : Promise.resolve()
-      if (!drain) for (const wake of this.#waiters.slice()) wake()
+      if (!drain) this.#wakeWaiters()
       this.#closing = before
         .then(() => this.#native.close(drain))
         .catch((error: unknown) => {
