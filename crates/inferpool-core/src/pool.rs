@@ -215,11 +215,10 @@ struct WorkerShared {
   /// Padded tokens per second, as `f64` bits (0 = not measured yet): the fitted marginal
   /// speed once the cost model has one, a moving average before.
   token_speed: AtomicU64,
-  /// Padded tokens of the batch running now (0 = none).
-  batch_tokens: AtomicUsize,
-  /// When that batch started, nanoseconds after the pool's epoch.
+  /// When the batch running now started, nanoseconds after the pool's epoch.
   batch_started: AtomicU64,
-  /// How long the worker expects that batch to take, nanoseconds (0 = no estimate yet).
+  /// How long the worker expects that batch to take, nanoseconds (0 = no batch running, or no
+  /// estimate yet).
   batch_expected: AtomicU64,
   histograms: WorkerHistograms,
 }
@@ -694,11 +693,7 @@ impl WorkerThread {
       let speed = if own > 0.0 { own } else { mean.unwrap_or(1.0) };
       // A peer that cannot predict its batch yet counts as free: guessing its work too small
       // costs one more batch, guessing it too large leaves this worker running alone at the end.
-      let expected = if w.batch_tokens.load(Ordering::Relaxed) == 0 {
-        0
-      } else {
-        w.batch_expected.load(Ordering::Relaxed)
-      };
+      let expected = w.batch_expected.load(Ordering::Relaxed);
       let running = now.saturating_sub(w.batch_started.load(Ordering::Relaxed));
       #[expect(clippy::cast_precision_loss, reason = "nanoseconds of one batch")]
       let free_in = expected.saturating_sub(running) as f64 * 1e-9;
@@ -864,7 +859,6 @@ impl WorkerThread {
     let shared = &registry.workers[self.index];
     shared.batch_expected.store(self.predict(padded), Ordering::Relaxed);
     shared.batch_started.store(registry.nanos_since_epoch(), Ordering::Relaxed);
-    shared.batch_tokens.store(padded.max(1), Ordering::Relaxed);
     self.out.clear();
     self.out.resize(count * dimension, 0.0);
     let started = Instant::now();
@@ -882,7 +876,7 @@ impl WorkerThread {
       })
     };
     let elapsed = started.elapsed();
-    shared.batch_tokens.store(0, Ordering::Relaxed);
+    shared.batch_expected.store(0, Ordering::Relaxed);
     shared.batches.fetch_add(1, Ordering::Relaxed);
     shared.histograms.inference.record_duration(elapsed);
     shared.histograms.batch_size.record_count(count);
