@@ -173,10 +173,61 @@ fn run_batch(backend: &mut SimBackend, items: &[Item]) {
   backend.run(&refs, &mut out).expect("the simulated backend does not fail here");
 }
 
-/// Per-worker queue of the pre-assigning baselines (a) and (b).
+/// A queue of the baselines: one per worker in (a) and (b), one shared in (c). The flag is set
+/// when the run is over.
 struct Assigned {
   queue: Mutex<(VecDeque<Item>, bool)>,
   ready: Condvar,
+}
+
+impl Assigned {
+  fn new() -> Arc<Self> {
+    Arc::new(Self { queue: Mutex::new((VecDeque::new(), false)), ready: Condvar::new() })
+  }
+
+  /// The next batch of up to `batch` items: waits for a full one when `full`, else for any
+  /// item. `None` once the run is over (a `full` worker then leaves a partial batch behind).
+  fn next_batch(&self, batch: usize, full: bool) -> Option<Vec<Item>> {
+    let mut q = self.queue.lock().unwrap();
+    loop {
+      let enough = if full { q.0.len() >= batch } else { !q.0.is_empty() };
+      if enough || q.1 {
+        break;
+      }
+      q = self.ready.wait(q).unwrap();
+    }
+    if q.1 && (q.0.is_empty() || full) {
+      return None;
+    }
+    let take = batch.min(q.0.len());
+    Some(q.0.drain(..take).collect())
+  }
+
+  fn finish(&self) {
+    self.queue.lock().unwrap().1 = true;
+    self.ready.notify_all();
+  }
+}
+
+/// Starts one thread per worker that runs the batches `queue_of(worker)` hands it.
+fn spawn_baseline_workers(
+  scenario: &Scenario,
+  tally: &Arc<Tally>,
+  queue_of: impl Fn(usize) -> Arc<Assigned>,
+  full: bool,
+) -> Vec<thread::JoinHandle<()>> {
+  (0..scenario.slowdowns.len())
+    .map(|w| {
+      let (queue, tally) = (queue_of(w), Arc::clone(tally));
+      let mut backend = backend(scenario.slowdowns[w]);
+      let batch = scenario.batch;
+      thread::spawn(move || {
+        while let Some(items) = queue.next_batch(batch, full) {
+          tally.run(w, &mut backend, &items);
+        }
+      })
+    })
+    .collect()
 }
 
 /// (a) and (b): items are assigned to a worker on arrival; `full` makes a worker wait for a full
@@ -184,38 +235,8 @@ struct Assigned {
 fn preassigned(scenario: &Scenario, least_busy: bool, full: bool) -> Outcome {
   let n = scenario.slowdowns.len();
   let tally = Tally::new(scenario.items(), n);
-  let queues: Vec<Arc<Assigned>> = (0..n)
-    .map(|_| {
-      Arc::new(Assigned { queue: Mutex::new((VecDeque::new(), false)), ready: Condvar::new() })
-    })
-    .collect();
-  let workers: Vec<_> = (0..n)
-    .map(|w| {
-      let (queue, tally) = (Arc::clone(&queues[w]), Arc::clone(&tally));
-      let mut backend = backend(scenario.slowdowns[w]);
-      let batch = scenario.batch;
-      thread::spawn(move || {
-        loop {
-          let items: Vec<Item> = {
-            let mut q = queue.queue.lock().unwrap();
-            loop {
-              let enough = if full { q.0.len() >= batch } else { !q.0.is_empty() };
-              if enough || q.1 {
-                break;
-              }
-              q = queue.ready.wait(q).unwrap();
-            }
-            if q.1 && (q.0.is_empty() || full) {
-              return;
-            }
-            let take = batch.min(q.0.len());
-            q.0.drain(..take).collect()
-          };
-          tally.run(w, &mut backend, &items);
-        }
-      })
-    })
-    .collect();
+  let queues: Vec<Arc<Assigned>> = (0..n).map(|_| Assigned::new()).collect();
+  let workers = spawn_baseline_workers(scenario, &tally, |w| Arc::clone(&queues[w]), full);
   let start = Instant::now();
   let mut next = 0;
   replay(scenario, start, |r| {
@@ -236,8 +257,7 @@ fn preassigned(scenario: &Scenario, least_busy: bool, full: bool) -> Outcome {
   let (completed, latencies, last) =
     tally.wait(scenario.lower_bound() * 10 + Duration::from_millis(500));
   for q in &queues {
-    q.queue.lock().unwrap().1 = true;
-    q.ready.notify_all();
+    q.finish();
   }
   for w in workers {
     w.join().unwrap();
@@ -250,31 +270,8 @@ fn preassigned(scenario: &Scenario, least_busy: bool, full: bool) -> Outcome {
 fn central_queue(scenario: &Scenario) -> Outcome {
   let n = scenario.slowdowns.len();
   let tally = Tally::new(scenario.items(), n);
-  let shared =
-    Arc::new(Assigned { queue: Mutex::new((VecDeque::new(), false)), ready: Condvar::new() });
-  let workers: Vec<_> = (0..n)
-    .map(|w| {
-      let (shared, tally) = (Arc::clone(&shared), Arc::clone(&tally));
-      let mut backend = backend(scenario.slowdowns[w]);
-      let batch = scenario.batch;
-      thread::spawn(move || {
-        loop {
-          let items: Vec<Item> = {
-            let mut q = shared.queue.lock().unwrap();
-            while q.0.is_empty() && !q.1 {
-              q = shared.ready.wait(q).unwrap();
-            }
-            if q.0.is_empty() {
-              return;
-            }
-            let take = batch.min(q.0.len());
-            q.0.drain(..take).collect()
-          };
-          tally.run(w, &mut backend, &items);
-        }
-      })
-    })
-    .collect();
+  let shared = Assigned::new();
+  let workers = spawn_baseline_workers(scenario, &tally, |_| Arc::clone(&shared), false);
   let start = Instant::now();
   replay(scenario, start, |r| {
     let now = Instant::now();
@@ -285,8 +282,7 @@ fn central_queue(scenario: &Scenario) -> Outcome {
   });
   let (completed, latencies, last) =
     tally.wait(scenario.lower_bound() * 10 + Duration::from_millis(500));
-  shared.queue.lock().unwrap().1 = true;
-  shared.ready.notify_all();
+  shared.finish();
   for w in workers {
     w.join().unwrap();
   }
