@@ -41,7 +41,7 @@ function parseExposition(text: string): { types: Map<string, string>; samples: S
 describe('metrics()', () => {
   let pool: Pool
   beforeAll(async () => {
-    pool = await Pool.create({ model: TINY_BERT, cpuWorkers: 2, maxBatchSize: 8 })
+    pool = await Pool.create({ models: { 'tiny-bert': TINY_BERT }, cpuWorkers: 2, maxBatchSize: 8 })
   })
   afterAll(() => pool?.close())
 

@@ -11,20 +11,27 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 
 /** A running pool. */
 export declare class BindingPool {
-  /** Width of every embedding. */
-  get dimension(): number
-  /** Longest token sequence fed to the model; longer texts are truncated. */
-  get maxLength(): number
+  /** Width of model `model`'s embeddings, once it has been loaded. */
+  dimension(model: number): number | null
+  /** Longest token sequence fed to model `model`; longer texts are truncated. */
+  maxLength(model: number): number
   /**
-   * Embeds `texts`; resolves with `texts.length × dimension` values, row `i` for text `i`.
-   * `requestId` (unique per pool) lets `cancel` reach this call; `priority` is `interactive`
-   * or `bulk`; texts not started within `timeoutMs` are not run.
+   * Embeds `texts` with model `model`; resolves with `texts.length × dimension` values, row `i`
+   * for text `i`. `requestId` (unique per pool) lets `cancel` reach this call; `priority` is
+   * `interactive` or `bulk`; texts not started within `timeoutMs` are not run.
    */
-  embed(texts: Array<string>, requestId: number, priority: string, timeoutMs?: number | undefined | null): Promise<Float32Array>
-  /** Counters and state of the pool and of every worker, read without locks. */
+  embed(model: number, texts: Array<string>, requestId: number, priority: string, timeoutMs?: number | undefined | null): Promise<Float32Array>
+  /**
+   * Loads model `model` on `workers` (every worker it may use when absent); resolves when
+   * each has it.
+   */
+  preload(model: number, workers?: Array<number> | undefined | null): Promise<void>
+  /** Unloads model `model` from every worker; resolves with how many held it. */
+  unload(model: number): Promise<number>
+  /** Counters and state of the pool, of every worker and of every model, read without locks. */
   status(): BindingStatus
-  /** The pool's histograms, read without locks. */
-  metrics(): BindingMetrics
+  /** The pool's histograms per model (and per worker within each), read without locks. */
+  metrics(): Array<BindingModelHistograms>
   /**
    * Cancels the call `requestId`, answering it with `TIMEOUT` when `timedOut`, else with
    * `ABORTED`; its texts not yet started are not run.
@@ -35,6 +42,27 @@ export declare class BindingPool {
    * `POOL_CLOSED`. Resolves once every worker thread has exited.
    */
   close(drain: boolean): Promise<void>
+}
+
+/** Something that happened to a model or a worker. */
+export interface BindingEvent {
+  /**
+   * `model-loaded`, `model-unloaded`, `model-evicted`, `model-load-failed`, `worker-failed`
+   * or `worker-recovered`.
+   */
+  kind: string
+  /** Worker index. */
+  worker: number
+  /** Model index, for model events. */
+  model?: number
+  /** Why a model was unloaded: `idle` or `requested`. */
+  reason?: string
+  /** For an eviction: the model loaded in its place. */
+  forModel?: number
+  /** For a failure: the error, as `CODE: message`. */
+  error?: string
+  /** For a load: how long it took, milliseconds. */
+  tookMs?: number
 }
 
 /** A histogram in `metrics()`. */
@@ -49,42 +77,96 @@ export interface BindingHistogram {
   sum: number
 }
 
-/** What `metrics()` returns: the histograms (`status()` has the counters). */
-export interface BindingMetrics {
+/** One model's histograms in `metrics()`. */
+export interface BindingModelHistograms {
   /** Per text: queued to the start of its batch, seconds. */
   queueWait: BindingHistogram
   /** Per call: tokenizing, seconds. */
   tokenize: BindingHistogram
   /** Per call: submitted to answered, seconds. */
   endToEnd: BindingHistogram
-  /** Per worker, by index. */
-  workers: Array<BindingWorkerHistograms>
+  /** Per worker, by index: batch run time, seconds. */
+  inference: Array<BindingHistogram>
+  /** Per worker, by index: texts per batch. */
+  batchSize: Array<BindingHistogram>
 }
 
-/** Options of `createPool`, already validated and resolved by the TypeScript layer. */
-export interface BindingPoolOptions {
+/** One model of `createPool`, already validated and resolved by the TypeScript layer. */
+export interface BindingModelSpec {
+  /** Its name. */
+  name: string
   /** A model folder or ONNX file. */
-  modelPath: string
-  /** `cpu` or `cuda:N`, one entry per worker. */
-  devices: Array<string>
-  /** ONNX Runtime intra-op threads per session. */
-  intraOpThreads: number
-  /** Most items in one batch. */
-  maxBatchSize: number
-  /** Most padded tokens in one batch. */
-  maxBatchTokens: number
+  path: string
   /** `mean` or `cls`. */
   pooling: string
   /** Scale results to unit length. */
   normalize: boolean
   /** Override of the model's maximum sequence length. */
   maxLength?: number
+  /** Higher runs first when workers are scarce, and is evicted last. */
+  priority: number
+  /** The workers (by index) that may load it; all when absent. */
+  workers?: Array<number>
+  /** Estimated memory of one loaded copy, bytes; the size of its ONNX files when absent. */
+  memoryBytes?: number
+}
+
+/** One model in `status()`. */
+export interface BindingModelStatus {
+  /** Its name. */
+  name: string
+  /** Width of its embeddings, once loaded. */
+  dimension?: number
+  /** Longest token sequence fed to it. */
+  maxLength: number
+  /** Workers holding it. */
+  loadedOn: Array<number>
+  /** Texts accepted and not yet embedded. */
+  outstanding: number
+  /** Texts running now. */
+  inFlight: number
+  /** Texts embedded. */
+  items: number
+  /** Loads on any worker. */
+  loads: number
+  /** Unloads on any worker (idle, requested, evicted). */
+  unloads: number
+  /** Evictions. */
+  evictions: number
+  /** Estimated memory of one loaded copy, bytes. */
+  memoryBytes: number
+  /** Its priority. */
+  priority: number
+}
+
+/** Options of `createPool`, already validated and resolved by the TypeScript layer. */
+export interface BindingPoolOptions {
+  /** The models, by index. */
+  models: Array<BindingModelSpec>
+  /** Models loaded on every worker that may hold them before the pool starts. */
+  preload: Array<number>
+  /** `cpu` or `cuda:N`, one entry per worker. */
+  devices: Array<string>
+  /** Memory budget of each worker, bytes (`Infinity` = unlimited). */
+  memoryBudgets: Array<number>
+  /** ONNX Runtime intra-op threads per session. */
+  intraOpThreads: number
+  /** Most items in one batch. */
+  maxBatchSize: number
+  /** Most padded tokens in one batch. */
+  maxBatchTokens: number
   /** Most items accepted and not yet completed. */
   maxQueuedItems: number
   /** How long an idle worker may hold a partial batch open, in milliseconds. */
   maxWaitMs: number
   /** Whether a GPU worker whose session cannot be built runs on the CPU instead. */
   cpuFallback: boolean
+  /** A model unused this long on a worker is unloaded there, milliseconds. */
+  idleTimeoutMs?: number
+  /** Most loads that evict another model, per worker and hour. */
+  maxSwitchesPerHour?: number
+  /** How long a model's work may go unserved before a busy worker switches to it, ms. */
+  switchDelayMs: number
 }
 
 /** What was loaded by `initRuntime`. */
@@ -103,14 +185,8 @@ export interface BindingStatus {
   inFlight: number
   /** Per worker. */
   workers: Array<BindingWorkerStatus>
-}
-
-/** One worker's histograms in `metrics()`. */
-export interface BindingWorkerHistograms {
-  /** Batch run time, seconds. */
-  inference: BindingHistogram
-  /** Texts per batch. */
-  batchSize: BindingHistogram
+  /** Per model. */
+  models: Array<BindingModelStatus>
 }
 
 /** One worker in `status()`. */
@@ -123,8 +199,10 @@ export interface BindingWorkerStatus {
   provider: string
   /** Why it runs on the CPU although it was given a GPU. */
   fallback?: string
-  /** `idle`, `busy`, `backing-off` or `stopped`. */
+  /** `idle`, `busy`, `loading`, `backing-off`, `failed` or `stopped`. */
   state: string
+  /** Models it holds, by index. */
+  loadedModels: Array<number>
   /** Texts embedded. */
   items: number
   /** Batches run (successful or not). */
@@ -133,19 +211,33 @@ export interface BindingWorkerStatus {
   errors: number
   /** Batches stolen from other workers. */
   steals: number
+  /** Models loaded. */
+  loads: number
+  /** Loads that evicted another model. */
+  switches: number
+  /** Models evicted. */
+  evictions: number
+  /** Estimated memory of the models it holds, bytes. */
+  memoryUsed: number
+  /** Its memory budget, bytes (`Infinity` = unlimited). */
+  memoryBudget: number
   /** Current adaptive budget, padded tokens per batch. */
   tokenBudget: number
   /** Time spent running batches, milliseconds. */
   busyMs: number
   /** Measured throughput (0 until the first batch). */
   itemsPerSecond: number
+  /** Texts embedded per model, by index. */
+  modelItems: Array<number>
+  /** Batches run per model, by index. */
+  modelBatches: Array<number>
 }
 
 /**
- * Loads the model's tokenizer, starts one worker per device entry and waits until every
- * session is ready.
+ * Loads every model's tokenizer, starts one worker per device entry, loads the preloaded
+ * models and waits until they are ready. `onEvent` receives model and worker events.
  */
-export declare function createPool(options: BindingPoolOptions): Promise<BindingPool>
+export declare function createPool(options: BindingPoolOptions, onEvent?: EventCallback | undefined | null): Promise<BindingPool>
 
 /** Loads ONNX Runtime from an absolute path (once per process). */
 export declare function initRuntimeLibrary(path: string): BindingRuntimeInfo

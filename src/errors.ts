@@ -10,6 +10,9 @@
  * - `ORT_LOAD_FAILED`: the ONNX Runtime library is missing, unloadable or too old.
  * - `DEVICE_UNAVAILABLE`: a device was asked for that cannot run the model (e.g. `cuda:0`
  *   without a working CUDA provider).
+ * - `MODEL_UNAVAILABLE`: a model cannot be loaded where it was asked for now: it exceeds the
+ *   worker's memory budget, only fits by evicting a model of higher priority, or the worker has
+ *   made its `maxSwitchesPerHour`.
  * - `INFERENCE_FAILED`: ONNX Runtime failed on a batch.
  * - `POOL_CLOSED`: the pool was closed before the call, or while it waited (`close({ drain: false })`).
  * - `OVERLOADED`: accepting the call would exceed `maxQueuedItems`.
@@ -24,6 +27,7 @@ export type PoolErrorCode =
   | 'MODEL_FETCH_FAILED'
   | 'ORT_LOAD_FAILED'
   | 'DEVICE_UNAVAILABLE'
+  | 'MODEL_UNAVAILABLE'
   | 'INFERENCE_FAILED'
   | 'POOL_CLOSED'
   | 'OVERLOADED'
@@ -38,6 +42,7 @@ const CODES: ReadonlySet<string> = new Set<PoolErrorCode>([
   'MODEL_FETCH_FAILED',
   'ORT_LOAD_FAILED',
   'DEVICE_UNAVAILABLE',
+  'MODEL_UNAVAILABLE',
   'INFERENCE_FAILED',
   'POOL_CLOSED',
   'OVERLOADED',

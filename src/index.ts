@@ -1,6 +1,10 @@
 export {
   Pool,
   type EmbedOptions,
+  type ModelSpec,
+  type ModelStatus,
+  type PoolEvent,
+  type PoolEventType,
   type PoolOptions,
   type PoolStatus,
   type Pooling,

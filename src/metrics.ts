@@ -56,3 +56,25 @@ export function exposition(families: Family[]): string {
   }
   return lines.join('\n') + '\n'
 }
+
+/**
+ * The `q` quantile (0–1) of a histogram, interpolated linearly inside its bucket as Prometheus'
+ * `histogram_quantile` does; `null` without observations. Observations above the last bound
+ * report that bound.
+ */
+export function quantile(histogram: HistogramData, q: number): number | null {
+  const { bounds, counts, count } = histogram
+  if (count === 0) return null
+  const rank = q * count
+  let below = 0
+  let lower = 0
+  for (let i = 0; i < bounds.length; i++) {
+    if (counts[i] >= rank) {
+      const inBucket = counts[i] - below
+      return inBucket === 0 ? bounds[i] : lower + ((bounds[i] - lower) * (rank - below)) / inBucket
+    }
+    below = counts[i]
+    lower = bounds[i]
+  }
+  return bounds[bounds.length - 1] ?? null
+}

@@ -1,10 +1,12 @@
+import { execFileSync } from 'node:child_process'
+import { EventEmitter } from 'node:events'
 import { readdirSync } from 'node:fs'
-import { availableParallelism } from 'node:os'
-import { basename, resolve } from 'node:path'
+import { availableParallelism, totalmem } from 'node:os'
+import { resolve } from 'node:path'
 
-import type { BindingPool } from './binding.cjs'
+import type { BindingEvent, BindingModelSpec, BindingPool } from './binding.cjs'
 import { PoolError, fromNative } from './errors.js'
-import { type Family, type Labels, exposition } from './metrics.js'
+import { type Family, type HistogramData, type Labels, exposition, quantile } from './metrics.js'
 import { defaultCacheDir, ensureDefaultModel } from './model.js'
 import { native } from './native.js'
 import { type RuntimeInfo, initRuntime } from './runtime.js'
@@ -17,6 +19,8 @@ export type Priority = 'interactive' | 'bulk'
 
 /** Options of {@link Pool.embed}. */
 export interface EmbedOptions {
+  /** Name of the model to use (a key of {@link PoolOptions.models}). Default: the default model. */
+  model?: string
   /** `'interactive'` calls are served before `'bulk'` ones (the default); bulk still progresses. */
   priority?: Priority
   /**
@@ -66,7 +70,7 @@ export interface StreamItem {
 }
 
 /** What a worker is doing. */
-export type WorkerState = 'idle' | 'busy' | 'backing-off' | 'stopped'
+export type WorkerState = 'idle' | 'busy' | 'loading' | 'backing-off' | 'failed' | 'stopped'
 
 /** One worker in {@link PoolStatus}. */
 export interface WorkerStatus {
@@ -78,8 +82,23 @@ export interface WorkerStatus {
   provider: 'cpu' | 'cuda'
   /** Why a GPU worker runs on the CPU (`onDeviceFailure: 'cpu'`), absent otherwise. */
   fallback?: string
-  /** What it is doing now. */
+  /**
+   * What it is doing now: `'loading'` a model, `'backing-off'` after a failed batch, `'failed'`
+   * after `maxAttempts` failed batches in a row (it still retries after each back-off).
+   */
   state: WorkerState
+  /** Names of the models it holds. */
+  loadedModels: string[]
+  /** Models it loaded. */
+  loads: number
+  /** Loads that evicted another model (capped by `maxSwitchesPerHour`). */
+  switches: number
+  /** Models it evicted. */
+  evictions: number
+  /** Estimated memory of the models it holds, bytes. */
+  memoryUsedBytes: number
+  /** Its share of its device's memory budget, bytes (`Infinity` = unlimited). */
+  memoryBudgetBytes: number
   /** Texts it embedded. */
   items: number
   /** Batches it ran (successful or not). */
@@ -114,18 +133,124 @@ export interface PoolStatus {
   itemsPerSecond: number
   /** Per worker. */
   workers: WorkerStatus[]
-  /** Model path and output width. */
+  /** Per model, by name. */
+  models: Record<string, ModelStatus>
+  /** The default model's path and output width. */
   model: { path: string; dimension: number; maxLength: number }
   /** The ONNX Runtime library in use. */
   runtime: RuntimeInfo
 }
 
+/** One model in {@link PoolStatus}. */
+export interface ModelStatus {
+  /** Its ONNX file or folder. */
+  path: string
+  /** Width of its embeddings; `null` until it has been loaded once. */
+  dimension: number | null
+  /** Longest token sequence fed to it. */
+  maxLength: number
+  /** Its priority. */
+  priority: number
+  /** Estimated memory of one loaded copy, bytes. */
+  memoryBytes: number
+  /** Ids of the workers holding it now. */
+  loadedOn: number[]
+  /** Texts waiting for a worker. */
+  queued: number
+  /** Texts running now. */
+  inFlight: number
+  /** Texts embedded. */
+  items: number
+  /** Loads on any worker. */
+  loads: number
+  /** Unloads on any worker: idle, requested or evicted. */
+  unloads: number
+  /** Evictions to make room for another model. */
+  evictions: number
+  /**
+   * Latency of its calls inside the native pool (submitted to answered), milliseconds,
+   * estimated from the histogram buckets; `null` before the first call.
+   */
+  latencyMs: { p50: number | null; p99: number | null }
+}
+
+/** A model of {@link PoolOptions.models}. */
+export interface ModelSpec {
+  /**
+   * `'default'` for the built-in all-MiniLM-L6-v2, or a path to a Hugging Face style folder or
+   * an `.onnx` file inside one.
+   */
+  path: string
+  /** What it computes. Only `'embedding'` is supported. */
+  kind?: 'embedding'
+  /** `'mean'` over real tokens (default) or `'cls'` (first token). */
+  pooling?: Pooling
+  /** Scale every embedding to unit length. Default `true`. */
+  normalize?: boolean
+  /** Longest token sequence fed to it. Default: the model's own. */
+  maxLength?: number
+  /**
+   * Integer; a higher priority is served first when workers are scarce and is evicted last (a
+   * model never evicts one of higher priority). Default 0.
+   */
+  priority?: number
+  /**
+   * Devices it may load on (`'cpu'`, `'cuda:N'`, or `'cuda'` for every GPU). Default: every
+   * device of the pool.
+   */
+  devices?: string[]
+  /**
+   * Estimated memory of one loaded copy, bytes, counted against the worker's budget. Default:
+   * the size of its ONNX files.
+   */
+  memoryBytes?: number
+  /**
+   * Load it on every worker it may use when the pool starts. Default: `true` for the default
+   * model, `false` for the others (they load on demand).
+   */
+  preload?: boolean
+}
+
+/** Something that happened to a model or a worker, as emitted by {@link Pool}. */
+export interface PoolEvent {
+  /** The event name it was emitted under. */
+  type: PoolEventType
+  /** The worker it happened on. */
+  worker: number
+  /** That worker's device. */
+  device: string
+  /** The model's name, for model events. */
+  model?: string
+  /** `model-unloaded`: `'idle'` (unused for `modelIdleTimeoutMs`) or `'requested'` ({@link Pool.unload}). */
+  reason?: 'idle' | 'requested'
+  /** `model-evicted`: the model loaded in its place. */
+  forModel?: string
+  /** `model-load-failed` and `worker-failed`: what went wrong. */
+  error?: PoolError
+  /** `model-loaded`: how long the load took, milliseconds. */
+  tookMs?: number
+}
+
+/** Event names of {@link Pool}. */
+export type PoolEventType =
+  'model-loaded' | 'model-unloaded' | 'model-evicted' | 'model-load-failed' | 'worker-failed' | 'worker-recovered'
+
+/** What a pool keeps of a model. */
+interface ModelEntry {
+  name: string
+  index: number
+  path: string
+  maxLength: number
+}
+
 /** What a pool keeps of its options. */
 interface Settings {
-  /** The `model` label of its metrics. */
-  model: string
   whenFull: 'reject' | 'wait'
   maxQueuedItems: number
+  models: ModelEntry[]
+  /** Index of the model `embed` uses without `{ model }`. */
+  defaultModel: number
+  devices: string[]
 }
 
 /** Texts per part when `onProgress` splits a call. */
@@ -139,6 +264,39 @@ export interface PoolOptions {
    * `.onnx` file inside one.
    */
   model?: string
+  /**
+   * Several models by name, each a path (as `model`) or a {@link ModelSpec}: `embed(texts, {
+   * model: name })` picks one. Models load on demand on the workers that get their work, and
+   * are evicted under the memory budget (see `memoryThreshold`). Exclusive with `model`.
+   */
+  models?: Record<string, string | ModelSpec>
+  /** The model `embed` uses without `{ model }`. Default: `'default'` if named, else the first. */
+  defaultModel?: string
+  /**
+   * Fraction of each device's memory that loaded models may fill (by their estimates), shared
+   * evenly by the workers on the device; a load that would exceed a worker's share evicts the
+   * least valuable model first (lowest priority, then lowest usage: a count of texts embedded
+   * that halves every minute, so recent and frequent use both count). GPU memory is read from
+   * `nvidia-smi`; when it cannot be, GPUs are unlimited. Default 0.8.
+   */
+  memoryThreshold?: number
+  /** The CPU's budget in bytes, shared by the CPU workers. Default: `memoryThreshold` × RAM. */
+  cpuMemoryBytes?: number
+  /** Each GPU's budget in bytes. Default: `memoryThreshold` × its memory. */
+  gpuMemoryBytes?: number
+  /** A model unused this long on a worker is unloaded there (milliseconds). Default: never. */
+  modelIdleTimeoutMs?: number
+  /**
+   * Most loads that evict another model, per worker in any hour. Once reached, the worker keeps
+   * what it holds; work for other models waits for a worker with room or a switch to spare
+   * (a draining {@link Pool.close} ignores the cap). Default: unlimited.
+   */
+  maxSwitchesPerHour?: number
+  /**
+   * How long work for a model no worker holds may wait, while workers are busy with another
+   * model of the same priority, before one of them switches to it (milliseconds). Default 100.
+   */
+  modelSwitchDelayMs?: number
   /**
    * Devices to run on: `'cpu'` and/or `'cuda:N'`, or `'auto'`: every NVIDIA GPU the machine shows
    * (`CUDA_VISIBLE_DEVICES`, else `/proc/driver/nvidia/gpus`), each falling back to the CPU if it
@@ -263,6 +421,145 @@ function workerDevices(
   return { devices: workers, cpuFallback }
 }
 
+function nonNegative(name: string, value: unknown): number | undefined {
+  if (value === undefined) return undefined
+  if (typeof value !== 'number' || !(value >= 0)) {
+    throw new PoolError('INVALID_INPUT', `${name} must be a number of bytes, got ${String(value)}`)
+  }
+  return value
+}
+
+type ResolvedSpec = Omit<ModelSpec, 'pooling' | 'normalize'> & { pooling: Pooling; normalize: boolean }
+
+/** The models of `options` in order, each with its settings resolved, and the default's index. */
+function modelSpecs(options: PoolOptions): { specs: [string, ResolvedSpec][]; defaultIndex: number } {
+  const pooling = options.pooling ?? 'mean'
+  if (pooling !== 'mean' && pooling !== 'cls') {
+    throw new PoolError('INVALID_INPUT', `pooling must be "mean" or "cls", got ${JSON.stringify(pooling)}`)
+  }
+  const normalize = options.normalize ?? true
+  if (typeof normalize !== 'boolean') throw new PoolError('INVALID_INPUT', 'normalize must be a boolean')
+  const maxLength = options.maxLength === undefined ? undefined : positiveInt('maxLength', options.maxLength, 0)
+  if (options.models !== undefined && options.model !== undefined) {
+    throw new PoolError('INVALID_INPUT', 'give either model or models, not both')
+  }
+  let entries: [string, string | ModelSpec][]
+  if (options.models === undefined) {
+    const model = options.model ?? 'default'
+    if (typeof model !== 'string' || model.length === 0) {
+      throw new PoolError('INVALID_INPUT', 'model must be "default" or a path')
+    }
+    entries = [['default', model]]
+  } else {
+    if (options.models === null || typeof options.models !== 'object' || Array.isArray(options.models)) {
+      throw new PoolError('INVALID_INPUT', 'models must be an object of { name: path or model spec }')
+    }
+    entries = Object.entries(options.models)
+    if (entries.length === 0 || entries.length > 64) {
+      throw new PoolError('INVALID_INPUT', `models must name 1 to 64 models, got ${entries.length}`)
+    }
+  }
+  const specs = entries.map(([name, given]): [string, ResolvedSpec] => {
+    const spec: ModelSpec = typeof given === 'string' ? { path: given } : given
+    const where = `models[${JSON.stringify(name)}]`
+    if (spec === null || typeof spec !== 'object' || typeof spec.path !== 'string' || spec.path.length === 0) {
+      throw new PoolError('INVALID_INPUT', `${where} must be "default", a path, or { path, ... }`)
+    }
+    if (spec.kind !== undefined && spec.kind !== 'embedding') {
+      throw new PoolError('INVALID_INPUT', `${where}.kind must be "embedding", got ${JSON.stringify(spec.kind)}`)
+    }
+    const own = spec.pooling ?? pooling
+    if (own !== 'mean' && own !== 'cls') {
+      throw new PoolError('INVALID_INPUT', `${where}.pooling must be "mean" or "cls", got ${JSON.stringify(own)}`)
+    }
+    if (spec.normalize !== undefined && typeof spec.normalize !== 'boolean') {
+      throw new PoolError('INVALID_INPUT', `${where}.normalize must be a boolean`)
+    }
+    const priority = spec.priority ?? 0
+    if (!Number.isInteger(priority) || Math.abs(priority) > 1_000_000) {
+      throw new PoolError('INVALID_INPUT', `${where}.priority must be an integer, got ${String(priority)}`)
+    }
+    if (spec.devices !== undefined && (!Array.isArray(spec.devices) || spec.devices.length === 0)) {
+      throw new PoolError('INVALID_INPUT', `${where}.devices must be a non-empty array of devices`)
+    }
+    if (spec.preload !== undefined && typeof spec.preload !== 'boolean') {
+      throw new PoolError('INVALID_INPUT', `${where}.preload must be a boolean`)
+    }
+    return [
+      name,
+      {
+        ...spec,
+        pooling: own,
+        normalize: spec.normalize ?? normalize,
+        maxLength: spec.maxLength === undefined ? maxLength : positiveInt(`${where}.maxLength`, spec.maxLength, 0),
+        priority,
+        memoryBytes: nonNegative(`${where}.memoryBytes`, spec.memoryBytes),
+      },
+    ]
+  })
+  const wanted = options.defaultModel ?? (specs.some(([n]) => n === 'default') ? 'default' : specs[0][0])
+  const defaultIndex = specs.findIndex(([n]) => n === wanted)
+  if (defaultIndex < 0) {
+    throw new PoolError('INVALID_INPUT', `defaultModel ${JSON.stringify(wanted)} is not one of the models`)
+  }
+  return { specs, defaultIndex }
+}
+
+/** The workers (indices) whose device is one of `allowed`. */
+function affinity(name: string, allowed: string[], devices: string[]): number[] {
+  for (const device of allowed) {
+    if (typeof device !== 'string' || !DEVICE.test(device)) {
+      throw new PoolError(
+        'INVALID_INPUT',
+        `models[${JSON.stringify(name)}].devices: unknown device ${JSON.stringify(device)}`,
+      )
+    }
+  }
+  const workers = devices.flatMap((device, worker) =>
+    allowed.some((a) => a === device || (a === 'cuda' && device.startsWith('cuda'))) ? [worker] : [],
+  )
+  if (workers.length === 0) {
+    throw new PoolError(
+      'INVALID_INPUT',
+      `model ${JSON.stringify(name)} may only use ${allowed.join(', ')}, but the pool runs on ${[...new Set(devices)].join(', ')}`,
+    )
+  }
+  return workers
+}
+
+/** Total memory of each GPU, bytes, by CUDA index, as `nvidia-smi` reports it (empty if it cannot). */
+function gpuMemory(): number[] {
+  try {
+    const out = execFileSync('nvidia-smi', ['--query-gpu=memory.total', '--format=csv,noheader,nounits'], {
+      encoding: 'utf8',
+      timeout: 5000,
+      stdio: ['ignore', 'pipe', 'ignore'],
+    })
+    return out
+      .trim()
+      .split('\n')
+      .map((line) => Number.parseFloat(line) * 2 ** 20)
+  } catch {
+    return []
+  }
+}
+
+/** Each worker's share of its device's memory budget, bytes (`Infinity` = unlimited). */
+function workerBudgets(devices: string[], threshold: number, cpuBytes?: number, gpuBytes?: number): number[] {
+  const sharing = new Map<string, number>()
+  for (const device of devices) sharing.set(device, (sharing.get(device) ?? 0) + 1)
+  const gpus = devices.some((d) => d !== 'cpu') && gpuBytes === undefined ? gpuMemory() : []
+  return devices.map((device) => {
+    let budget: number
+    if (device === 'cpu') budget = cpuBytes ?? threshold * totalmem()
+    else {
+      const total = gpus[Number(device.slice('cuda:'.length))]
+      budget = gpuBytes ?? (Number.isFinite(total) && total > 0 ? threshold * total : Infinity)
+    }
+    return budget / (sharing.get(device) ?? 1)
+  })
+}
+
 const asyncDispose: typeof Symbol.asyncDispose =
   Symbol.asyncDispose ?? (Symbol.for('nodejs.asyncDispose') as typeof Symbol.asyncDispose)
 
@@ -276,7 +573,7 @@ const asyncDispose: typeof Symbol.asyncDispose =
  * await pool.close()
  * ```
  */
-export class Pool {
+export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
   readonly #native: BindingPool
   #closed = false
   #closing: Promise<void> | undefined
@@ -292,27 +589,30 @@ export class Pool {
   /** Their promises, which a drain also waits for. */
   readonly #waiting = new Set<Promise<unknown>>()
 
-  /** Width of every embedding (384 for the default model). */
+  /** Width of the default model's embeddings (384 for the built-in model). */
   readonly dimension: number
-  /** Longest token sequence fed to the model; longer texts are truncated. */
+  /** Longest token sequence fed to the default model; longer texts are truncated. */
   readonly maxLength: number
-  /** Path of the model's ONNX file or folder in use. */
+  /** Path of the default model's ONNX file or folder. */
   readonly modelPath: string
   /** The ONNX Runtime library in use. */
   readonly runtime: RuntimeInfo
 
-  private constructor(binding: BindingPool, modelPath: string, runtime: RuntimeInfo, settings: Settings) {
+  private constructor(binding: BindingPool, runtime: RuntimeInfo, settings: Settings) {
+    super()
     this.#native = binding
     this.#settings = settings
-    this.dimension = binding.dimension
-    this.maxLength = binding.maxLength
-    this.modelPath = modelPath
+    const model = settings.models[settings.defaultModel]
+    this.dimension = binding.dimension(model.index) ?? 0
+    this.maxLength = model.maxLength
+    this.modelPath = model.path
     this.runtime = runtime
   }
 
   /**
-   * Loads ONNX Runtime and the model and starts the workers; resolves once every session is
-   * ready.
+   * Loads ONNX Runtime, reads every model's tokenizer, starts the workers and loads the
+   * preloaded models (the default one at least); resolves once they are ready. Listen for
+   * {@link PoolEventType} events with `pool.on(...)`.
    *
    * @throws {PoolError} `INVALID_INPUT`, `MODEL_NOT_FOUND`, `MODEL_INVALID`,
    * `MODEL_FETCH_FAILED`, `ORT_LOAD_FAILED`, `DEVICE_UNAVAILABLE`.
@@ -345,43 +645,155 @@ export class Pool {
       throw new PoolError('INVALID_INPUT', `whenFull must be "reject" or "wait", got ${JSON.stringify(whenFull)}`)
     }
     const maxWaitMs = options.maxWaitMs === 0 ? 0 : positiveInt('maxWaitMs', options.maxWaitMs, 0)
-    const maxLength = options.maxLength === undefined ? undefined : positiveInt('maxLength', options.maxLength, 0)
-    const pooling = options.pooling ?? 'mean'
-    if (pooling !== 'mean' && pooling !== 'cls') {
-      throw new PoolError('INVALID_INPUT', `pooling must be "mean" or "cls", got ${JSON.stringify(pooling)}`)
+    const cpuBudget = nonNegative('cpuMemoryBytes', options.cpuMemoryBytes)
+    const gpuBudget = nonNegative('gpuMemoryBytes', options.gpuMemoryBytes)
+    const memoryThreshold = options.memoryThreshold ?? 0.8
+    if (typeof memoryThreshold !== 'number' || !(memoryThreshold > 0 && memoryThreshold <= 1)) {
+      throw new PoolError('INVALID_INPUT', `memoryThreshold must be a number in (0, 1], got ${String(memoryThreshold)}`)
     }
-    const normalize = options.normalize ?? true
-    if (typeof normalize !== 'boolean') throw new PoolError('INVALID_INPUT', 'normalize must be a boolean')
-    const model = options.model ?? 'default'
-    if (typeof model !== 'string' || model.length === 0) {
-      throw new PoolError('INVALID_INPUT', 'model must be "default" or a path')
-    }
+    const idleTimeoutMs =
+      options.modelIdleTimeoutMs === undefined
+        ? undefined
+        : positiveInt('modelIdleTimeoutMs', options.modelIdleTimeoutMs, 0)
+    const maxSwitchesPerHour =
+      options.maxSwitchesPerHour === undefined || options.maxSwitchesPerHour === 0
+        ? options.maxSwitchesPerHour
+        : positiveInt('maxSwitchesPerHour', options.maxSwitchesPerHour, 0)
+    const switchDelayMs =
+      options.modelSwitchDelayMs === 0 ? 0 : positiveInt('modelSwitchDelayMs', options.modelSwitchDelayMs, 100)
+    const { specs, defaultIndex } = modelSpecs(options)
+    const memoryBudgets = workerBudgets(devices, memoryThreshold, cpuBudget, gpuBudget)
 
     const runtime = initRuntime(options.ortLibraryPath)
-    const modelPath =
-      model === 'default' ? await ensureDefaultModel(options.cacheDir ?? defaultCacheDir()) : resolve(model)
+    const bindingSpecs: BindingModelSpec[] = []
+    const preload: number[] = []
+    for (const [index, [name, spec]] of specs.entries()) {
+      const path =
+        spec.path === 'default' ? await ensureDefaultModel(options.cacheDir ?? defaultCacheDir()) : resolve(spec.path)
+      bindingSpecs.push({
+        name,
+        path,
+        pooling: spec.pooling,
+        normalize: spec.normalize,
+        maxLength: spec.maxLength,
+        priority: spec.priority ?? 0,
+        workers: spec.devices && affinity(name, spec.devices, devices),
+        memoryBytes: spec.memoryBytes,
+      })
+      if (spec.preload ?? index === defaultIndex) preload.push(index)
+    }
+    if (!preload.includes(defaultIndex)) preload.unshift(defaultIndex)
+    const emitter: { pool?: Pool; early: BindingEvent[] } = { early: [] }
     try {
-      const binding = await native().createPool({
-        modelPath,
-        devices,
-        intraOpThreads,
-        maxBatchSize,
-        maxBatchTokens,
-        pooling,
-        normalize,
-        maxLength,
-        maxQueuedItems,
-        maxWaitMs,
-        cpuFallback,
+      const binding = await native().createPool(
+        {
+          models: bindingSpecs,
+          preload,
+          devices,
+          memoryBudgets,
+          intraOpThreads,
+          maxBatchSize,
+          maxBatchTokens,
+          maxQueuedItems,
+          maxWaitMs,
+          cpuFallback,
+          idleTimeoutMs,
+          maxSwitchesPerHour,
+          switchDelayMs,
+        },
+        (event: BindingEvent) => {
+          if (emitter.pool) emitter.pool.#emitNative(event)
+          else emitter.early.push(event)
+        },
+      )
+      const models = bindingSpecs.map((spec, index) => ({
+        name: spec.name,
+        index,
+        path: spec.path,
+        maxLength: binding.maxLength(index),
+      }))
+      const pool = new Pool(binding, runtime, { whenFull, maxQueuedItems, models, defaultModel: defaultIndex, devices })
+      emitter.pool = pool
+      // Events of the start (the preloads) reach listeners attached right after `create`.
+      setImmediate(() => {
+        for (const event of emitter.early.splice(0)) pool.#emitNative(event)
       })
-      return new Pool(binding, modelPath, runtime, {
-        model: model === 'default' ? 'default' : basename(modelPath),
-        whenFull,
-        maxQueuedItems,
-      })
+      return pool
     } catch (error) {
       throw fromNative(error)
     }
+  }
+
+  /** Re-emits a native event with names instead of indices. */
+  #emitNative(event: BindingEvent): void {
+    const names = this.#settings.models
+    const payload: PoolEvent = {
+      type: event.kind as PoolEventType,
+      worker: event.worker,
+      device: this.#settings.devices[event.worker] ?? 'unknown',
+      ...(event.model == null ? {} : { model: names[event.model]?.name }),
+      ...(event.reason == null ? {} : { reason: event.reason as 'idle' | 'requested' }),
+      ...(event.forModel == null ? {} : { forModel: names[event.forModel]?.name }),
+      ...(event.error == null ? {} : { error: fromNative(new Error(event.error)) }),
+      ...(event.tookMs == null ? {} : { tookMs: event.tookMs }),
+    }
+    this.emit(payload.type, payload)
+  }
+
+  /** Names of the models, in the order they were given. */
+  get models(): string[] {
+    return this.#settings.models.map((m) => m.name)
+  }
+
+  /**
+   * Loads model `name` on `workers` (ids; default: every worker it may use) and resolves once
+   * each holds it. A worker loads between batches and may evict other models to make room.
+   *
+   * @throws {PoolError} `INVALID_INPUT` (unknown model, worker it may not use),
+   * `MODEL_UNAVAILABLE` (no room: budget, priorities or the switch cap), `MODEL_INVALID`,
+   * `DEVICE_UNAVAILABLE`, `POOL_CLOSED`.
+   */
+  async preload(name: string, options: { workers?: number[] } = {}): Promise<void> {
+    const model = this.#model(name)
+    const workers = options.workers
+    if (workers !== undefined && (!Array.isArray(workers) || workers.some((w) => !Number.isInteger(w) || w < 0))) {
+      throw new PoolError('INVALID_INPUT', 'workers must be an array of worker ids')
+    }
+    if (this.#closed) throw new PoolError('POOL_CLOSED', 'the pool is closed')
+    try {
+      await this.#native.preload(model.index, workers)
+    } catch (error) {
+      throw fromNative(error)
+    }
+  }
+
+  /**
+   * Unloads model `name` from every worker (each between batches) and resolves with how many
+   * held it. Calls queued for it are kept: a worker loads it again for them.
+   *
+   * @throws {PoolError} `INVALID_INPUT` for an unknown model, `POOL_CLOSED`.
+   */
+  async unload(name: string): Promise<number> {
+    const model = this.#model(name)
+    if (this.#closed) throw new PoolError('POOL_CLOSED', 'the pool is closed')
+    try {
+      return await this.#native.unload(model.index)
+    } catch (error) {
+      throw fromNative(error)
+    }
+  }
+
+  #model(name: string | undefined): ModelEntry {
+    const models = this.#settings.models
+    if (name === undefined) return models[this.#settings.defaultModel]
+    const found = typeof name === 'string' ? models.find((m) => m.name === name) : undefined
+    if (!found) {
+      throw new PoolError(
+        'INVALID_INPUT',
+        `unknown model ${JSON.stringify(name)}; this pool has ${models.map((m) => JSON.stringify(m.name)).join(', ')}`,
+      )
+    }
+    return found
   }
 
   /**
@@ -391,12 +803,20 @@ export class Pool {
   status(): PoolStatus {
     const native = this.#native.status()
     const lifetimeMs = Math.max(performance.now() - this.#started, 1)
+    const names = this.#settings.models.map((m) => m.name)
+    const histograms = this.#native.metrics()
     const workers = native.workers.map((w) => ({
       id: w.id,
       device: w.device,
       provider: w.provider as 'cpu' | 'cuda',
       ...(w.fallback ? { fallback: w.fallback } : {}),
       state: w.state as WorkerState,
+      loadedModels: w.loadedModels.map((m) => names[m]),
+      loads: w.loads,
+      switches: w.switches,
+      evictions: w.evictions,
+      memoryUsedBytes: w.memoryUsed,
+      memoryBudgetBytes: w.memoryBudget,
       items: w.items,
       batches: w.batches,
       errors: w.errors,
@@ -407,6 +827,28 @@ export class Pool {
       utilisation: Math.min(100, (100 * w.busyMs) / lifetimeMs),
       itemsPerSecond: w.itemsPerSecond,
     }))
+    const models: Record<string, ModelStatus> = {}
+    native.models.forEach((m, index) => {
+      const latency = (q: number) => {
+        const seconds = quantile(histograms[index].endToEnd, q)
+        return seconds === null ? null : seconds * 1000
+      }
+      models[m.name] = {
+        path: this.#settings.models[index].path,
+        dimension: m.dimension ?? null,
+        maxLength: m.maxLength,
+        priority: m.priority,
+        memoryBytes: m.memoryBytes,
+        loadedOn: m.loadedOn,
+        queued: Math.max(0, m.outstanding - m.inFlight),
+        inFlight: m.inFlight,
+        items: m.items,
+        loads: m.loads,
+        unloads: m.unloads,
+        evictions: m.evictions,
+        latencyMs: { p50: latency(0.5), p99: latency(0.99) },
+      }
+    })
     const items = workers.reduce((sum, w) => sum + w.items, 0)
     return {
       outstanding: native.outstanding,
@@ -415,6 +857,7 @@ export class Pool {
       items,
       itemsPerSecond: (items * 1000) / lifetimeMs,
       workers,
+      models,
       model: { path: this.modelPath, dimension: this.dimension, maxLength: this.maxLength },
       runtime: this.runtime,
     }
@@ -425,22 +868,47 @@ export class Pool {
    * device and worker: serve it from `/metrics`, alone or appended to prom-client's
    * `await register.metrics()`. Histograms: `inferpool_queue_wait_seconds` (per text, queued to
    * batch start), `inferpool_tokenize_seconds` and `inferpool_request_duration_seconds` (per
-   * call), `inferpool_inference_seconds` and `inferpool_batch_size` (per batch and worker).
+   * call), `inferpool_inference_seconds` and `inferpool_batch_size` (per batch, model and
+   * worker).
    */
   metrics(): string {
+    const native = this.#native.status()
     const status = this.status()
     const histograms = this.#native.metrics()
-    const model = this.#settings.model
-    const worker = (w: WorkerStatus): Labels => ({ model, device: w.device, worker: String(w.id) })
+    const models = this.#settings.models
+    const worker = (w: WorkerStatus): Labels => ({ device: w.device, worker: String(w.id) })
     const perWorker = (pick: (w: WorkerStatus) => number) =>
       status.workers.map((w) => ({ labels: worker(w), value: pick(w) }))
+    const perModelWorker = (pick: (w: (typeof native.workers)[number], model: number) => number) =>
+      models.flatMap((m) =>
+        status.workers.map((w) => ({
+          labels: { model: m.name, ...worker(w) },
+          value: pick(native.workers[w.id], m.index),
+        })),
+      )
+    const perModel = (pick: (m: ModelStatus) => number) =>
+      models.map((m) => ({ labels: { model: m.name }, value: pick(status.models[m.name]) }))
+    const modelHistogram = (pick: (h: (typeof histograms)[number]) => HistogramData) =>
+      models.map((m) => ({ labels: { model: m.name }, value: pick(histograms[m.index]) }))
+    const workerHistogram = (pick: (h: (typeof histograms)[number]) => HistogramData[]) =>
+      models.flatMap((m) =>
+        status.workers.map((w) => ({
+          labels: { model: m.name, ...worker(w) },
+          value: pick(histograms[m.index])[w.id],
+        })),
+      )
     const families: Family[] = [
-      { name: 'inferpool_items_total', help: 'Texts embedded.', type: 'counter', samples: perWorker((w) => w.items) },
+      {
+        name: 'inferpool_items_total',
+        help: 'Texts embedded.',
+        type: 'counter',
+        samples: perModelWorker((w, m) => w.modelItems[m]),
+      },
       {
         name: 'inferpool_batches_total',
         help: 'Batches run, successful or not.',
         type: 'counter',
-        samples: perWorker((w) => w.batches),
+        samples: perModelWorker((w, m) => w.modelBatches[m]),
       },
       {
         name: 'inferpool_errors_total',
@@ -455,10 +923,41 @@ export class Pool {
         samples: perWorker((w) => w.steals),
       },
       {
+        name: 'inferpool_switches_total',
+        help: 'Model loads that evicted another model.',
+        type: 'counter',
+        samples: perWorker((w) => w.switches),
+      },
+      { name: 'inferpool_model_loads_total', help: 'Model loads.', type: 'counter', samples: perModel((m) => m.loads) },
+      {
+        name: 'inferpool_model_evictions_total',
+        help: 'Models unloaded to make room for another.',
+        type: 'counter',
+        samples: perModel((m) => m.evictions),
+      },
+      {
+        name: 'inferpool_model_unloads_total',
+        help: 'Models unloaded: idle, requested or evicted.',
+        type: 'counter',
+        samples: perModel((m) => m.unloads),
+      },
+      {
         name: 'inferpool_busy_seconds_total',
         help: 'Time spent running batches.',
         type: 'counter',
         samples: perWorker((w) => w.busyMs / 1000),
+      },
+      {
+        name: 'inferpool_model_loaded',
+        help: 'Whether the worker holds the model (1) or not (0).',
+        type: 'gauge',
+        samples: perModelWorker((w, m) => (w.loadedModels.includes(m) ? 1 : 0)),
+      },
+      {
+        name: 'inferpool_memory_used_bytes',
+        help: 'Estimated memory of the models a worker holds.',
+        type: 'gauge',
+        samples: perWorker((w) => w.memoryUsedBytes),
       },
       {
         name: 'inferpool_token_budget',
@@ -470,43 +969,43 @@ export class Pool {
         name: 'inferpool_queued_items',
         help: 'Texts waiting for a worker.',
         type: 'gauge',
-        samples: [{ labels: { model }, value: status.queued }],
+        samples: perModel((m) => m.queued),
       },
       {
         name: 'inferpool_in_flight_items',
         help: 'Texts running now.',
         type: 'gauge',
-        samples: [{ labels: { model }, value: status.inFlight }],
+        samples: perModel((m) => m.inFlight),
       },
       {
         name: 'inferpool_queue_wait_seconds',
         help: 'Per text: from queued to the start of its batch.',
         type: 'histogram',
-        samples: [{ labels: { model }, value: histograms.queueWait }],
+        samples: modelHistogram((h) => h.queueWait),
       },
       {
         name: 'inferpool_tokenize_seconds',
         help: 'Per call: tokenizing its texts.',
         type: 'histogram',
-        samples: [{ labels: { model }, value: histograms.tokenize }],
+        samples: modelHistogram((h) => h.tokenize),
       },
       {
         name: 'inferpool_request_duration_seconds',
         help: 'Per call: from submitted to answered, in the native pool.',
         type: 'histogram',
-        samples: [{ labels: { model }, value: histograms.endToEnd }],
+        samples: modelHistogram((h) => h.endToEnd),
       },
       {
         name: 'inferpool_inference_seconds',
         help: 'Per batch: running it on the device.',
         type: 'histogram',
-        samples: status.workers.map((w) => ({ labels: worker(w), value: histograms.workers[w.id].inference })),
+        samples: workerHistogram((h) => h.inference),
       },
       {
         name: 'inferpool_batch_size',
         help: 'Per batch: texts in it.',
         type: 'histogram',
-        samples: status.workers.map((w) => ({ labels: worker(w), value: histograms.workers[w.id].batchSize })),
+        samples: workerHistogram((h) => h.batchSize),
       },
     ]
     return exposition(families)
@@ -639,6 +1138,7 @@ export class Pool {
       throw new PoolError('INVALID_INPUT', 'options must be an object')
     }
     const { priority = 'bulk', signal, timeoutMs } = options
+    const model = this.#model(options.model).index
     if (priority !== 'interactive' && priority !== 'bulk') {
       throw new PoolError('INVALID_INPUT', `priority must be "interactive" or "bulk", got ${JSON.stringify(priority)}`)
     }
@@ -649,9 +1149,9 @@ export class Pool {
     if (signal?.aborted) throw aborted(signal)
     if (texts.length === 0) return []
     if (this.#settings.whenFull === 'reject' || texts.length > this.#settings.maxQueuedItems) {
-      return this.#submit(texts, priority, signal, timeoutMs)
+      return this.#submit(model, texts, priority, signal, timeoutMs)
     }
-    const waiting = this.#submitOrWait(texts, priority, signal, timeoutMs)
+    const waiting = this.#submitOrWait(model, texts, priority, signal, timeoutMs)
     this.#waiting.add(waiting)
     try {
       return await waiting
@@ -662,6 +1162,7 @@ export class Pool {
 
   /** `whenFull: 'wait'`: submits, and on `OVERLOADED` waits for a call to settle and retries. */
   async #submitOrWait(
+    model: number,
     texts: readonly string[],
     priority: Priority,
     signal: AbortSignal | undefined,
@@ -672,7 +1173,7 @@ export class Pool {
       const left = deadline === undefined ? undefined : Math.ceil(deadline - performance.now())
       if (left !== undefined && left <= 0) throw timedOut(timeoutMs as number)
       try {
-        return await this.#submit(texts, priority, signal, left)
+        return await this.#submit(model, texts, priority, signal, left)
       } catch (error) {
         if (!(error instanceof PoolError) || error.code !== 'OVERLOADED') throw error
       }
@@ -718,6 +1219,7 @@ export class Pool {
 
   /** Hands one call to the native pool and waits for its rows. */
   async #submit(
+    model: number,
     texts: readonly string[],
     priority: Priority,
     signal: AbortSignal | undefined,
@@ -725,7 +1227,7 @@ export class Pool {
   ): Promise<Float32Array[]> {
     const id = this.#nextId
     this.#nextId = (this.#nextId + 1) % 2 ** 32
-    const call = this.#native.embed(texts as string[], id, priority, timeoutMs)
+    const call = this.#native.embed(model, texts as string[], id, priority, timeoutMs)
     this.#pending.add(call)
     const onAbort = () => this.#native.cancel(id, false)
     signal?.addEventListener('abort', onAbort, { once: true })
@@ -747,7 +1249,7 @@ export class Pool {
       clearTimeout(timer)
       signal?.removeEventListener('abort', onAbort)
     }
-    const d = this.dimension
+    const d = flat.length / texts.length
     return Array.from({ length: texts.length }, (_, i) => flat.subarray(i * d, (i + 1) * d))
   }
 

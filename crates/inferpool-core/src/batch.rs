@@ -75,20 +75,32 @@ pub(crate) struct Queued {
   pub(crate) outstanding: Arc<Outstanding>,
 }
 
-/// Items accepted and not yet settled, and their tokens.
+/// Items accepted and not yet settled, and their tokens: one per model, each counting into the
+/// pool's total.
 #[derive(Debug, Default)]
 pub(crate) struct Outstanding {
-  /// Items (the drain protocol and admission read this).
+  /// Items (the drain protocol and admission read the pool's total).
   pub(crate) items: AtomicUsize,
   /// Their padded-length tokens (the tail split reads this).
   pub(crate) tokens: AtomicUsize,
+  /// The pool's total, for a model's count.
+  pub(crate) total: Option<Arc<Outstanding>>,
+}
+
+impl Outstanding {
+  fn release(&self, tokens: usize) {
+    self.tokens.fetch_sub(tokens, Ordering::Relaxed);
+    // SeqCst: part of the drain protocol (see `Pool::submit`).
+    self.items.fetch_sub(1, Ordering::SeqCst);
+    if let Some(total) = &self.total {
+      total.release(tokens);
+    }
+  }
 }
 
 impl Drop for Queued {
   fn drop(&mut self) {
-    self.outstanding.tokens.fetch_sub(self.len(), Ordering::Relaxed);
-    // SeqCst: part of the drain protocol (see `Pool::submit`).
-    self.outstanding.items.fetch_sub(1, Ordering::SeqCst);
+    self.outstanding.release(self.len());
   }
 }
 
@@ -203,7 +215,7 @@ pub(crate) mod tests {
   /// Queued items of `lengths` tokens, one request, admitted in order.
   pub(crate) fn items(lengths: &[usize], priority: Priority) -> Vec<Queued> {
     let options = SubmitOptions { priority, deadline: None };
-    let request = Arc::new(Request::new(lengths.len(), 1, options, Box::new(|_| {})));
+    let request = Arc::new(Request::new(lengths.len(), 0, options, Box::new(|_| {})));
     let outstanding = Arc::new(Outstanding::default());
     outstanding.items.store(lengths.len(), Ordering::SeqCst);
     outstanding.tokens.store(lengths.iter().map(|&l| l.max(1)).sum(), Ordering::SeqCst);

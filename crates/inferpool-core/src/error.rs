@@ -67,6 +67,9 @@ pub enum PoolError {
   /// The request was cancelled by its caller.
   #[error("the request was cancelled")]
   Cancelled,
+  /// No worker can take the model now (memory budget, priorities, switch cap).
+  #[error("{0}")]
+  Unavailable(String),
   /// A bug inside the pool.
   #[error("internal error: {0}")]
   Internal(String),

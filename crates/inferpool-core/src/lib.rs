@@ -17,6 +17,7 @@ mod batch;
 mod cancel;
 mod error;
 mod metrics;
+mod model;
 mod pool;
 mod queue;
 mod request;
@@ -30,5 +31,11 @@ pub use batch::BatchPolicy;
 pub use cancel::Cancellations;
 pub use error::{BackendError, BackendErrorKind, PoolError};
 pub use metrics::{HistogramSnapshot, SECONDS_BUCKETS, SIZE_BUCKETS};
-pub use pool::{CloseMode, Pool, PoolConfig, PoolStats, Ticket, WorkerState, WorkerStats};
+pub use model::{
+  Event, EventSink, ModelConfig, ModelFactory, Models, USAGE_HALF_LIFE, UnloadReason,
+};
+pub use pool::{
+  CloseMode, MAX_MODELS, ModelStats, Pool, PoolConfig, PoolStats, Ticket, WorkerModelStats,
+  WorkerState, WorkerStats,
+};
 pub use request::{Priority, Reply, SubmitOptions};

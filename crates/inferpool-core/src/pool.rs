@@ -1,35 +1,47 @@
-//! The scheduler: injectors (interactive, and bulk by length class), a work-stealing deque per
-//! worker, one OS thread per worker, and the request lifecycle.
+//! The scheduler: per model, injectors (interactive, and bulk by length class); per worker and
+//! model, a work-stealing deque; one OS thread per worker; the request lifecycle; loading and
+//! unloading models.
 //!
 //! How an item travels:
-//! 1. `submit` tokenizes on the caller's thread, checks admission (`max_queued_items`), pushes
-//!    every item into its injector ([`Queues`]: interactive items in arrival order, bulk items
-//!    by length class) and wakes workers ([`Sleep`]).
-//! 2. A worker whose device is free first works out its *share* of the queued tokens
-//!    ([`fair_share`]): enough to finish together with every other worker, given their measured
-//!    speeds and the batches they are running. Its token budget for the batch is the smaller of
-//!    that share and its adaptive budget, so the tail of a job is spread over every worker and a
-//!    slow device is not handed as much as a fast one.
-//! 3. It looks for work in this order ([`WorkerThread::find_work`]): interactive items (unless
-//!    the fairness tick says bulk goes first this time), then its own deque, topped up from the
-//!    bulk length classes (a sweep downwards from its cursor) to the budget, then a batch stolen
-//!    from a random other worker.
-//! 4. It cuts a batch from what it holds ([`select`]): length-sorted, the most urgent item
+//! 1. `submit` tokenizes with its model's tokenizer on the caller's thread, checks admission
+//!    (`max_queued_items`, over every model), pushes every item into its model's injector
+//!    ([`Queues`]: interactive items in arrival order, bulk items by length class) and wakes
+//!    workers ([`Sleep`]).
+//! 2. A worker whose device is free picks a model ([`WorkerThread::choose_model`]): among the
+//!    models it has loaded and that have queued work, the highest priority, then one with
+//!    interactive work, then the one unserved the longest. It loads another model (evicting what
+//!    no longer fits its memory budget, [`crate::model`]) only when that is justified: it has
+//!    nothing else to do and the model is loaded nowhere or has more work than its holders take
+//!    in a batch; or the model outranks what it runs; or, at equal priority, the model has been
+//!    unserved for `switch_delay` while loaded nowhere. Loads that evict are capped by
+//!    `max_switches_per_hour`.
+//! 3. It works out its *share* of that model's queued tokens ([`fair_share`]): enough to finish
+//!    together with every other worker holding the model, given their measured speeds and the
+//!    batches they are running. Its token budget for the batch is the smaller of that share and
+//!    its adaptive budget for the model.
+//! 4. It looks for work in this order ([`WorkerThread::find_batch`]): interactive items (unless
+//!    the fairness tick says bulk goes first this time), then its own deque for the model, topped
+//!    up from the bulk length classes (a sweep downwards from its cursor) to the budget, then a
+//!    batch stolen from a random other worker's deque for the model.
+//! 5. It cuts a batch from what it holds ([`select`]): length-sorted, the most urgent item
 //!    included, capped by `max_batch_size`, the budget and the padding bound. The rest goes back
 //!    to its deque in length order, where idle workers can steal it.
-//! 5. The batch runs outside every lock, under `catch_unwind`. Rows go to their requests by
+//! 6. The batch runs outside every lock, under `catch_unwind`. Rows go to their requests by
 //!    index. On failure: out-of-memory halves the budget and requeues the items; invalid input
 //!    fails their requests; any other error (or a panic) requeues the items for another worker
 //!    up to `max_attempts`, and the worker backs off exponentially until it succeeds again.
-//! 6. Items of answered requests (failed, cancelled) and items past their deadline are dropped
-//!    when a worker meets them; they never run.
-//! 7. `close` stops admission; in drain mode workers run until no item is outstanding, in cancel
-//!    mode every queued item fails with `Closed`. It returns once every thread has exited.
+//! 7. Items of answered requests (failed, cancelled) and items past their deadline are dropped
+//!    when a worker meets them; they never run. A worker that unloads a model first moves its
+//!    deque for that model back to the injectors, so no item is lost or run twice.
+//! 8. `close` stops admission; in drain mode workers run until no item is outstanding (the switch
+//!    cap no longer applies), in cancel mode every queued item fails with `Closed`. It returns
+//!    once every thread has exited.
 
 use std::{
+  collections::VecDeque,
   panic::{AssertUnwindSafe, catch_unwind},
   sync::{
-    Arc, Mutex,
+    Arc, Mutex, OnceLock,
     atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
     mpsc,
   },
@@ -45,6 +57,7 @@ use crate::{
   adaptive::Controller,
   batch::{Outstanding, Queued, select},
   metrics::{HistogramSnapshot, PoolHistograms, WorkerHistograms},
+  model::{Event, EventSink, ModelConfig, ModelFactory, Models, UnloadReason, Usage},
   queue::{CLASSES, Queues},
   request::{Reply, Request, SubmitOptions},
   share::{Peer, fair_share},
@@ -61,10 +74,19 @@ const FIRST_BATCH_DIVISOR: usize = 4;
 /// How many random victims a worker tries per steal round before it concludes there is nothing.
 const STEAL_ROUNDS: usize = 2;
 
+/// Most models, and most workers, in one pool (both are bit sets).
+pub const MAX_MODELS: usize = 64;
+
+/// How long a worker that had no room for a model waits before it considers it again.
+const REFUSED_PAUSE: Duration = Duration::from_millis(100);
+
+/// The window of `max_switches_per_hour`.
+const HOUR: Duration = Duration::from_secs(3600);
+
 /// How the pool runs.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
-  /// Number of worker threads; each builds its own backend.
+  /// Number of worker threads; each loads its own backends.
   pub workers: usize,
   /// Limits for every batch.
   pub policy: BatchPolicy,
@@ -79,6 +101,16 @@ pub struct PoolConfig {
   pub backoff_initial: Duration,
   /// Longest back-off.
   pub backoff_max: Duration,
+  /// Memory each worker may fill with loaded models, bytes, by worker index (a missing entry
+  /// is unlimited).
+  pub memory_budget: Vec<u64>,
+  /// A model unused this long on a worker is unloaded there.
+  pub idle_timeout: Option<Duration>,
+  /// Most loads that evict another model, per worker, in any hour.
+  pub max_switches_per_hour: Option<u32>,
+  /// How long a model's queued work may go unserved, while no worker holds it, before a worker
+  /// busy with another model of the same priority switches to it.
+  pub switch_delay: Duration,
 }
 
 impl Default for PoolConfig {
@@ -91,6 +123,10 @@ impl Default for PoolConfig {
       adaptive: AdaptiveConfig::default(),
       backoff_initial: Duration::from_millis(10),
       backoff_max: Duration::from_secs(2),
+      memory_budget: Vec::new(),
+      idle_timeout: None,
+      max_switches_per_hour: None,
+      switch_delay: Duration::from_millis(100),
     }
   }
 }
@@ -115,8 +151,12 @@ pub enum WorkerState {
   Idle,
   /// Running a batch.
   Busy,
+  /// Loading a model.
+  Loading,
   /// Pausing after a failed batch.
   BackingOff,
+  /// Its batches failed `max_attempts` times in a row; it retries after each back-off.
+  Failed,
   /// Exited.
   Stopped,
 }
@@ -126,10 +166,31 @@ impl WorkerState {
     match v {
       0 => Self::Idle,
       1 => Self::Busy,
-      2 => Self::BackingOff,
+      2 => Self::Loading,
+      3 => Self::BackingOff,
+      4 => Self::Failed,
       _ => Self::Stopped,
     }
   }
+
+  fn serves(self) -> bool {
+    matches!(self, Self::Idle | Self::Busy)
+  }
+}
+
+/// One model on one worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerModelStats {
+  /// Whether the worker has it loaded now.
+  pub loaded: bool,
+  /// Items of it the worker ran successfully.
+  pub items: u64,
+  /// Batches of it the worker ran (successful or not).
+  pub batches: u64,
+  /// Run time of those batches, seconds.
+  pub inference: HistogramSnapshot,
+  /// Items per batch.
+  pub batch_size: HistogramSnapshot,
 }
 
 /// Counters of one worker since the pool started.
@@ -145,16 +206,65 @@ pub struct WorkerStats {
   pub errors: u64,
   /// Successful steals from other workers.
   pub steals: u64,
-  /// Current adaptive token budget.
+  /// Current adaptive token budget (of the model it ran last).
   pub token_budget: usize,
   /// Time spent running batches.
   pub busy: Duration,
   /// Measured throughput, items per second (0 until it has run a batch).
   pub items_per_second: f64,
-  /// Run time of its batches, seconds.
-  pub inference: HistogramSnapshot,
-  /// Items per batch.
-  pub batch_size: HistogramSnapshot,
+  /// Models it loaded.
+  pub loads: u64,
+  /// Loads that evicted another model.
+  pub switches: u64,
+  /// Models it evicted.
+  pub evictions: u64,
+  /// Estimated memory of the models it holds, bytes.
+  pub memory_used: u64,
+  /// Its memory budget, bytes (`u64::MAX` = unlimited).
+  pub memory_budget: u64,
+  /// Per model, by index.
+  pub models: Vec<WorkerModelStats>,
+}
+
+/// Counters of one model since the pool started.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelStats {
+  /// Its name.
+  pub name: String,
+  /// Width of its rows, once it has been loaded.
+  pub dimension: Option<usize>,
+  /// Workers holding it now.
+  pub loaded_on: Vec<usize>,
+  /// Items accepted and not yet completed.
+  pub outstanding: usize,
+  /// Items running now.
+  pub in_flight: usize,
+  /// Items completed successfully.
+  pub items: u64,
+  /// Loads on any worker.
+  pub loads: u64,
+  /// Unloads on any worker (idle, requested or evicted).
+  pub unloads: u64,
+  /// Unloads to make room for another model.
+  pub evictions: u64,
+  /// Estimated memory of one loaded copy, bytes.
+  pub memory: u64,
+  /// Its priority.
+  pub priority: i32,
+  /// Per item: admission to the start of its batch, seconds.
+  pub queue_wait: HistogramSnapshot,
+  /// Per request: tokenizing its texts, seconds.
+  pub tokenize: HistogramSnapshot,
+  /// Per request: `submit` to its answer, seconds.
+  pub end_to_end: HistogramSnapshot,
+}
+
+impl ModelStats {
+  /// Items waiting for a worker.
+  #[must_use]
+  pub fn queued(&self) -> usize {
+    self.outstanding.saturating_sub(self.in_flight)
+  }
 }
 
 /// Counters and queue depth of the whole pool.
@@ -166,12 +276,8 @@ pub struct PoolStats {
   pub in_flight: usize,
   /// Per worker.
   pub workers: Vec<WorkerStats>,
-  /// Per item: admission to the start of its batch, seconds.
-  pub queue_wait: HistogramSnapshot,
-  /// Per request: tokenizing its texts, seconds.
-  pub tokenize: HistogramSnapshot,
-  /// Per request: `submit` to its answer, seconds.
-  pub end_to_end: HistogramSnapshot,
+  /// Per model.
+  pub models: Vec<ModelStats>,
 }
 
 impl PoolStats {
@@ -200,6 +306,17 @@ impl PoolStats {
   }
 }
 
+/// Shared, lock-free view of one model on one worker.
+#[derive(Debug, Default)]
+struct WorkerModelShared {
+  items: AtomicU64,
+  batches: AtomicU64,
+  /// Padded tokens per second, as `f64` bits (0 = not measured yet): the fitted marginal
+  /// speed once the cost model has one, a moving average before.
+  token_speed: AtomicU64,
+  histograms: WorkerHistograms,
+}
+
 /// Shared, lock-free view of one worker.
 #[derive(Debug, Default)]
 struct WorkerShared {
@@ -212,15 +329,73 @@ struct WorkerShared {
   busy_nanos: AtomicU64,
   /// Items per second, as `f64` bits (0 = not measured yet).
   speed: AtomicU64,
-  /// Padded tokens per second, as `f64` bits (0 = not measured yet): the fitted marginal
-  /// speed once the cost model has one, a moving average before.
-  token_speed: AtomicU64,
   /// When the batch running now started, nanoseconds after the pool's epoch.
   batch_started: AtomicU64,
   /// How long the worker expects that batch to take, nanoseconds (0 = no batch running, or no
   /// estimate yet).
   batch_expected: AtomicU64,
-  histograms: WorkerHistograms,
+  /// The models it holds, one bit per model index.
+  loaded: AtomicU64,
+  loads: AtomicU64,
+  switches: AtomicU64,
+  evictions: AtomicU64,
+  memory_used: AtomicU64,
+  models: Box<[WorkerModelShared]>,
+}
+
+impl WorkerShared {
+  fn new(models: usize) -> Self {
+    Self { models: (0..models).map(|_| WorkerModelShared::default()).collect(), ..Self::default() }
+  }
+
+  fn holds(&self, model: usize) -> bool {
+    self.loaded.load(Ordering::Relaxed) & (1 << model) != 0
+  }
+
+  fn state(&self) -> WorkerState {
+    WorkerState::from_u8(self.state.load(Ordering::Relaxed))
+  }
+}
+
+/// Shared state of one model.
+struct ModelShared {
+  config: ModelConfig,
+  /// Where its admitted items wait.
+  queues: Queues,
+  /// Its items (and tokens) accepted and not yet completed; they count into the pool's.
+  outstanding: Arc<Outstanding>,
+  /// Its items running now.
+  in_flight: AtomicUsize,
+  /// Their tokens.
+  in_flight_tokens: AtomicUsize,
+  /// Width of its rows, set by the first load.
+  dimension: OnceLock<usize>,
+  histograms: PoolHistograms,
+  items: AtomicU64,
+  /// When a batch of it last started, or its queue last filled from empty (nanoseconds after
+  /// the epoch): how long its work has gone unserved.
+  served_at: AtomicU64,
+  /// Workers loading it now.
+  loading: AtomicUsize,
+  loads: AtomicU64,
+  unloads: AtomicU64,
+  evictions: AtomicU64,
+}
+
+impl ModelShared {
+  fn queued_items(&self) -> usize {
+    self
+      .outstanding
+      .items
+      .load(Ordering::Relaxed)
+      .saturating_sub(self.in_flight.load(Ordering::Relaxed))
+  }
+}
+
+/// A request to one worker, handled between batches.
+enum Command {
+  Load { model: usize, done: mpsc::Sender<Result<(), PoolError>> },
+  Unload { model: usize, done: mpsc::Sender<bool> },
 }
 
 /// A cancellation handle for one submitted request.
@@ -256,29 +431,31 @@ impl Ticket {
 
 /// What the workers and the pool handle share (rayon's `Registry`).
 struct Registry {
-  /// Where admitted items wait.
-  queues: Queues,
+  /// Per model.
+  models: Vec<ModelShared>,
   /// Time zero of the workers' timestamps.
   epoch: Instant,
-  histograms: Arc<PoolHistograms>,
-  /// Steal ends of every worker's deque.
-  stealers: Vec<Stealer<Queued>>,
+  /// Steal ends of every worker's deques, `[worker][model]`.
+  stealers: Vec<Vec<Stealer<Queued>>>,
   /// Park/wake protocol.
   sleep: Sleep,
   /// `OPEN`, `DRAIN` or `CANCEL`.
   closing: AtomicU8,
-  /// Items (and tokens) accepted and not yet completed (decremented by `Queued::drop`).
+  /// Items (and tokens) accepted and not yet completed, over every model (decremented by
+  /// `Queued::drop`).
   outstanding: Arc<Outstanding>,
   /// Items running now.
   in_flight: AtomicUsize,
-  /// Tokens running now.
-  in_flight_tokens: AtomicUsize,
   /// Admission order.
   next_seq: AtomicU64,
   /// Per-worker counters.
   workers: Vec<WorkerShared>,
+  /// Per-worker commands; `None` once the worker has exited.
+  commands: Vec<Mutex<Option<Vec<Command>>>>,
   /// Worker threads, to unpark them from a back-off when the pool closes.
   threads: Mutex<Vec<Thread>>,
+  factory: ModelFactory,
+  events: Option<EventSink>,
   config: PoolConfig,
 }
 
@@ -289,90 +466,145 @@ impl Registry {
   }
 
   fn push(&self, item: Queued) {
-    self.queues.push(item);
+    self.models[item.request.model].queues.push(item);
   }
 
   fn nanos_since_epoch(&self) -> u64 {
     u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
   }
+
+  fn budget(&self, worker: usize) -> u64 {
+    self.config.memory_budget.get(worker).copied().unwrap_or(u64::MAX)
+  }
+
+  /// Workers holding `model` now.
+  fn holders(&self, model: usize) -> usize {
+    self.workers.iter().filter(|w| w.holds(model)).count()
+  }
+
+  fn emit(&self, event: Event) {
+    if let Some(sink) = &self.events {
+      sink(event);
+    }
+  }
 }
 
-/// A pool of worker threads that batch items across requests.
+/// A pool of worker threads that batch items across requests, for one or more models.
 pub struct Pool {
   registry: Arc<Registry>,
-  tokenizer: Arc<dyn Tokenize>,
-  dimension: usize,
   handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Pool {
   fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    f.debug_struct("Pool")
-      .field("dimension", &self.dimension)
-      .field("stats", &self.stats())
-      .finish_non_exhaustive()
+    f.debug_struct("Pool").field("stats", &self.stats()).finish_non_exhaustive()
   }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+  mutex.lock().expect("a pool lock was poisoned. This is a bug.")
+}
+
 impl Pool {
-  /// Starts `config.workers` threads, each building its backend with `factory`, and waits until
-  /// all are ready. If any backend fails to build, every thread is stopped and the first error
-  /// returned.
+  /// A pool of one model (named `model`), loaded on every worker before this returns: worker
+  /// `i` builds its backend with `factory(i)`. If any backend fails to build, every thread is
+  /// stopped and the first error returned.
   pub fn new(
     config: &PoolConfig,
     tokenizer: Arc<dyn Tokenize>,
     factory: BackendFactory,
   ) -> Result<Self, BackendError> {
-    assert!(config.workers > 0, "a pool needs at least one worker");
-    let deques: Vec<Worker<Queued>> = (0..config.workers).map(|_| Worker::new_fifo()).collect();
+    Self::with_models(
+      config,
+      Models {
+        models: vec![ModelConfig::new("model", tokenizer)],
+        factory: Box::new(move |worker, _| factory(worker)),
+        preload: vec![0],
+        events: None,
+      },
+    )
+  }
+
+  /// Starts `config.workers` threads serving `models`, loads the preloaded models and waits
+  /// until they are ready. If a preload fails, every thread is stopped and the first error
+  /// returned.
+  pub fn with_models(config: &PoolConfig, models: Models) -> Result<Self, BackendError> {
+    validate(config, &models)?;
+    let model_count = models.models.len();
+    let mut deques: Vec<Vec<Worker<Queued>>> =
+      (0..config.workers).map(|_| (0..model_count).map(|_| Worker::new_fifo()).collect()).collect();
+    let outstanding = Arc::new(Outstanding::default());
     let registry = Arc::new(Registry {
-      queues: Queues::default(),
+      models: models
+        .models
+        .into_iter()
+        .map(|config| ModelShared {
+          config,
+          queues: Queues::default(),
+          outstanding: Arc::new(Outstanding {
+            total: Some(Arc::clone(&outstanding)),
+            ..Outstanding::default()
+          }),
+          in_flight: AtomicUsize::new(0),
+          in_flight_tokens: AtomicUsize::new(0),
+          dimension: OnceLock::new(),
+          histograms: PoolHistograms::default(),
+          items: AtomicU64::new(0),
+          served_at: AtomicU64::new(0),
+          loading: AtomicUsize::new(0),
+          loads: AtomicU64::new(0),
+          unloads: AtomicU64::new(0),
+          evictions: AtomicU64::new(0),
+        })
+        .collect(),
       epoch: Instant::now(),
-      histograms: Arc::default(),
-      stealers: deques.iter().map(Worker::stealer).collect(),
+      stealers: deques.iter().map(|d| d.iter().map(Worker::stealer).collect()).collect(),
       sleep: Sleep::default(),
       closing: AtomicU8::new(OPEN),
-      outstanding: Arc::new(Outstanding::default()),
+      outstanding,
       in_flight: AtomicUsize::new(0),
-      in_flight_tokens: AtomicUsize::new(0),
       next_seq: AtomicU64::new(0),
-      workers: (0..config.workers).map(|_| WorkerShared::default()).collect(),
+      workers: (0..config.workers).map(|_| WorkerShared::new(model_count)).collect(),
+      commands: (0..config.workers).map(|_| Mutex::new(Some(Vec::new()))).collect(),
       threads: Mutex::new(Vec::new()),
+      factory: models.factory,
+      events: models.events,
       config: config.clone(),
     });
-    let factory = Arc::new(factory);
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, BackendError>>();
+    let preload = Arc::new(models.preload);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), BackendError>>();
     let mut handles = Vec::with_capacity(config.workers);
-    for (index, deque) in deques.into_iter().enumerate() {
+    for (index, own) in deques.drain(..).enumerate() {
       let worker_registry = Arc::clone(&registry);
-      let factory = Arc::clone(&factory);
-      let ready = ready_tx.clone();
+      let (ready, preload) = (ready_tx.clone(), Arc::clone(&preload));
       let spawned =
         std::thread::Builder::new().name(format!("inferpool-worker-{index}")).spawn(move || {
-          let built = catch_unwind(AssertUnwindSafe(|| factory(index))).unwrap_or_else(|panic| {
-            Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic)))
-          });
-          match built {
-            Ok(backend) => {
-              let _ = ready.send(Ok(backend.dimension()));
-              drop(ready);
-              WorkerThread::new(index, worker_registry, deque, backend).run();
+          let mut worker = WorkerThread::new(index, worker_registry, own);
+          for &model in preload.iter() {
+            let config = &worker.registry.models[model].config;
+            if !config.allows(index) || config.memory > worker.registry.budget(index) {
+              continue;
             }
-            Err(error) => {
-              worker_registry.workers[index]
-                .state
-                .store(WorkerState::Stopped as u8, Ordering::Relaxed);
-              let _ = ready.send(Err(error));
+            let registry = Arc::clone(&worker.registry);
+            let claim = Claim::new(&registry.models[model].loading);
+            let loaded = worker.load(model);
+            drop(claim);
+            if let Err(error) = loaded {
+              let _ = ready.send(Err(match error {
+                PoolError::Backend(error) => error,
+                other => BackendError::new(BackendErrorKind::InvalidInput, other.to_string()),
+              }));
+              worker.exit();
+              return;
             }
           }
+          let _ = ready.send(Ok(()));
+          drop(ready);
+          worker.run();
         });
       match spawned {
         Ok(handle) => {
-          registry
-            .threads
-            .lock()
-            .expect("thread list lock poisoned. This is a bug.")
-            .push(handle.thread().clone());
+          lock(&registry.threads).push(handle.thread().clone());
           handles.push(handle);
         }
         Err(error) => {
@@ -385,32 +617,8 @@ impl Pool {
       }
     }
     drop(ready_tx);
-
-    let mut dimension = None;
-    let mut failure = None;
-    for result in ready_rx.iter().take(config.workers) {
-      match result {
-        Ok(dim) if dimension.is_none_or(|d| d == dim) => dimension = Some(dim),
-        Ok(dim) => {
-          failure.get_or_insert(BackendError::new(
-            BackendErrorKind::Model,
-            format!(
-              "workers disagree on the output dimension ({} vs {dim})",
-              dimension.unwrap_or_default()
-            ),
-          ));
-        }
-        Err(error) => {
-          failure.get_or_insert(error);
-        }
-      }
-    }
-    let pool = Self {
-      registry,
-      tokenizer,
-      dimension: dimension.unwrap_or_default(),
-      handles: Mutex::new(handles),
-    };
+    let failure = ready_rx.iter().take(config.workers).find_map(Result::err);
+    let pool = Self { registry, handles: Mutex::new(handles) };
     if let Some(error) = failure {
       pool.close(CloseMode::Cancel);
       return Err(error);
@@ -418,34 +626,64 @@ impl Pool {
     Ok(pool)
   }
 
-  /// Width of every result row.
+  /// Width of the first model's rows (0 until it has been loaded).
   #[must_use]
   pub fn dimension(&self) -> usize {
-    self.dimension
+    self.model_dimension(0).unwrap_or(0)
   }
 
-  /// Tokenizes `texts` on the calling thread and queues them as one request. `reply` is called
-  /// exactly once, from a worker thread (or this one), with `texts.len() × dimension` values in
-  /// input order, or with the first error. When `submit` itself returns an error, `reply` is
-  /// never called.
+  /// Width of model `model`'s rows, once it has been loaded somewhere.
+  #[must_use]
+  pub fn model_dimension(&self, model: usize) -> Option<usize> {
+    self.registry.models.get(model).and_then(|m| m.dimension.get().copied())
+  }
+
+  /// Number of models.
+  #[must_use]
+  pub fn model_count(&self) -> usize {
+    self.registry.models.len()
+  }
+
+  /// [`Pool::submit_to`] the first model.
   pub fn submit(
     &self,
     texts: &[String],
     options: SubmitOptions,
     reply: Reply,
   ) -> Result<Ticket, PoolError> {
+    self.submit_to(0, texts, options, reply)
+  }
+
+  /// Tokenizes `texts` with model `model`'s tokenizer on the calling thread and queues them as
+  /// one request. `reply` is called exactly once, from a worker thread (or this one), with
+  /// `texts.len() × dimension` values in input order, or with the first error. When `submit_to`
+  /// itself returns an error, `reply` is never called.
+  pub fn submit_to(
+    &self,
+    model: usize,
+    texts: &[String],
+    options: SubmitOptions,
+    reply: Reply,
+  ) -> Result<Ticket, PoolError> {
     let registry = &self.registry;
-    let (histograms, submitted) = (Arc::clone(&registry.histograms), Instant::now());
+    let Some(shared) = registry.models.get(model) else {
+      return Err(PoolError::InvalidInput(format!("no model {model}")));
+    };
+    let submitted = Instant::now();
+    let registry_for_reply = Arc::clone(registry);
     let reply: Reply = Box::new(move |result| {
-      histograms.end_to_end.record_duration(submitted.elapsed());
+      registry_for_reply.models[model].histograms.end_to_end.record_duration(submitted.elapsed());
       reply(result);
     });
-    let request = Arc::new(Request::new(texts.len(), self.dimension, options, reply));
+    let request = Arc::new(Request::new(texts.len(), model, options, reply));
     let ticket = Ticket { request: Arc::clone(&request) };
     // Reserve the places before looking at `closing` (both SeqCst): a drain that starts after
     // this check then sees the reservation and keeps its workers until these items are done.
     let before = registry.outstanding.items.fetch_add(texts.len(), Ordering::SeqCst);
+    let queued_before = shared.queued_items();
+    shared.outstanding.items.fetch_add(texts.len(), Ordering::SeqCst);
     let release = |registry: &Registry| {
+      shared.outstanding.items.fetch_sub(texts.len(), Ordering::SeqCst);
       registry.outstanding.items.fetch_sub(texts.len(), Ordering::SeqCst);
       request.forget_reply();
       // A draining worker may be waiting for the count to reach zero.
@@ -465,8 +703,8 @@ impl Pool {
       return Err(PoolError::Overloaded { queued: before, requested: texts.len(), limit });
     }
     let tokenizing = Instant::now();
-    let encoded = self.tokenizer.encode(texts);
-    registry.histograms.tokenize.record_duration(tokenizing.elapsed());
+    let encoded = shared.config.tokenizer.encode(texts);
+    shared.histograms.tokenize.record_duration(tokenizing.elapsed());
     let encoded = match encoded {
       Ok(encoded) if encoded.len() == texts.len() => encoded,
       Ok(encoded) => {
@@ -483,7 +721,11 @@ impl Pool {
     };
     let now = Instant::now();
     let tokens: usize = encoded.iter().map(|t| t.len().max(1)).sum();
+    shared.outstanding.tokens.fetch_add(tokens, Ordering::Relaxed);
     registry.outstanding.tokens.fetch_add(tokens, Ordering::Relaxed);
+    if queued_before == 0 {
+      shared.served_at.store(registry.nanos_since_epoch(), Ordering::Relaxed);
+    }
     let first = registry.next_seq.fetch_add(texts.len() as u64, Ordering::Relaxed);
     for (index, input) in encoded.into_iter().enumerate() {
       registry.push(Queued {
@@ -493,7 +735,7 @@ impl Pool {
         seq: first + index as u64,
         admitted_at: now,
         attempts: 0,
-        outstanding: Arc::clone(&registry.outstanding),
+        outstanding: Arc::clone(&shared.outstanding),
       });
     }
     registry.sleep.notify(if texts.len() > 1 { Wake::All } else { Wake::One });
@@ -504,32 +746,133 @@ impl Pool {
     Ok(ticket)
   }
 
+  /// Loads model `model` on `workers` (every worker it may use when `None`) and waits until
+  /// each has it. A worker loads between batches; loading may evict other models there.
+  ///
+  /// # Errors
+  /// [`PoolError::InvalidInput`] for an unknown model or a worker it may not use,
+  /// [`PoolError::Unavailable`] when a worker has no room (its budget, priorities or switch
+  /// cap), [`PoolError::Backend`] when loading fails, [`PoolError::Closed`].
+  pub fn preload(&self, model: usize, workers: Option<&[usize]>) -> Result<(), PoolError> {
+    let registry = &self.registry;
+    let Some(shared) = registry.models.get(model) else {
+      return Err(PoolError::InvalidInput(format!("no model {model}")));
+    };
+    let all: Vec<usize> =
+      (0..registry.workers.len()).filter(|&w| shared.config.allows(w)).collect();
+    let targets = workers.map_or(all, <[usize]>::to_vec);
+    if let Some(&bad) =
+      targets.iter().find(|&&w| w >= registry.workers.len() || !shared.config.allows(w))
+    {
+      return Err(PoolError::InvalidInput(format!(
+        "model {:?} may not load on worker {bad}",
+        shared.config.name
+      )));
+    }
+    let mut answers = Vec::with_capacity(targets.len());
+    for worker in targets {
+      let (done, answer) = mpsc::channel();
+      self.command(worker, Command::Load { model, done })?;
+      answers.push(answer);
+    }
+    registry.sleep.notify(Wake::All);
+    for answer in answers {
+      answer.recv().unwrap_or(Err(PoolError::Closed))?;
+    }
+    Ok(())
+  }
+
+  /// Unloads model `model` from every worker, each between batches. Its queued items stay
+  /// queued (a worker loads it again for them). Returns on how many workers it was loaded.
+  ///
+  /// # Errors
+  /// [`PoolError::InvalidInput`] for an unknown model, [`PoolError::Closed`].
+  pub fn unload(&self, model: usize) -> Result<usize, PoolError> {
+    let registry = &self.registry;
+    if model >= registry.models.len() {
+      return Err(PoolError::InvalidInput(format!("no model {model}")));
+    }
+    let mut answers = Vec::new();
+    for worker in 0..registry.workers.len() {
+      let (done, answer) = mpsc::channel();
+      self.command(worker, Command::Unload { model, done })?;
+      answers.push(answer);
+    }
+    registry.sleep.notify(Wake::All);
+    Ok(answers.into_iter().filter(|a| a.recv().unwrap_or(false)).count())
+  }
+
+  fn command(&self, worker: usize, command: Command) -> Result<(), PoolError> {
+    if self.registry.closing() != OPEN {
+      return Err(PoolError::Closed);
+    }
+    let mut commands = lock(&self.registry.commands[worker]);
+    commands.as_mut().ok_or(PoolError::Closed)?.push(command);
+    Ok(())
+  }
+
   /// Counters and queue depth now.
   #[must_use]
   pub fn stats(&self) -> PoolStats {
     let r = &self.registry;
+    let workers: Vec<WorkerStats> = r
+      .workers
+      .iter()
+      .enumerate()
+      .map(|(index, w)| WorkerStats {
+        state: w.state(),
+        items: w.items.load(Ordering::Relaxed),
+        batches: w.batches.load(Ordering::Relaxed),
+        errors: w.errors.load(Ordering::Relaxed),
+        steals: w.steals.load(Ordering::Relaxed),
+        token_budget: w.token_budget.load(Ordering::Relaxed),
+        busy: Duration::from_nanos(w.busy_nanos.load(Ordering::Relaxed)),
+        items_per_second: f64::from_bits(w.speed.load(Ordering::Relaxed)),
+        loads: w.loads.load(Ordering::Relaxed),
+        switches: w.switches.load(Ordering::Relaxed),
+        evictions: w.evictions.load(Ordering::Relaxed),
+        memory_used: w.memory_used.load(Ordering::Relaxed),
+        memory_budget: r.budget(index),
+        models: w
+          .models
+          .iter()
+          .enumerate()
+          .map(|(model, m)| WorkerModelStats {
+            loaded: w.holds(model),
+            items: m.items.load(Ordering::Relaxed),
+            batches: m.batches.load(Ordering::Relaxed),
+            inference: m.histograms.inference.snapshot(),
+            batch_size: m.histograms.batch_size.snapshot(),
+          })
+          .collect(),
+      })
+      .collect();
+    let models = r
+      .models
+      .iter()
+      .enumerate()
+      .map(|(index, m)| ModelStats {
+        name: m.config.name.clone(),
+        dimension: m.dimension.get().copied(),
+        loaded_on: (0..workers.len()).filter(|&w| workers[w].models[index].loaded).collect(),
+        outstanding: m.outstanding.items.load(Ordering::Relaxed),
+        in_flight: m.in_flight.load(Ordering::Relaxed),
+        items: m.items.load(Ordering::Relaxed),
+        loads: m.loads.load(Ordering::Relaxed),
+        unloads: m.unloads.load(Ordering::Relaxed),
+        evictions: m.evictions.load(Ordering::Relaxed),
+        memory: m.config.memory,
+        priority: m.config.priority,
+        queue_wait: m.histograms.queue_wait.snapshot(),
+        tokenize: m.histograms.tokenize.snapshot(),
+        end_to_end: m.histograms.end_to_end.snapshot(),
+      })
+      .collect();
     PoolStats {
       outstanding: r.outstanding.items.load(Ordering::Relaxed),
       in_flight: r.in_flight.load(Ordering::Relaxed),
-      workers: r
-        .workers
-        .iter()
-        .map(|w| WorkerStats {
-          state: WorkerState::from_u8(w.state.load(Ordering::Relaxed)),
-          items: w.items.load(Ordering::Relaxed),
-          batches: w.batches.load(Ordering::Relaxed),
-          errors: w.errors.load(Ordering::Relaxed),
-          steals: w.steals.load(Ordering::Relaxed),
-          token_budget: w.token_budget.load(Ordering::Relaxed),
-          busy: Duration::from_nanos(w.busy_nanos.load(Ordering::Relaxed)),
-          items_per_second: f64::from_bits(w.speed.load(Ordering::Relaxed)),
-          inference: w.histograms.inference.snapshot(),
-          batch_size: w.histograms.batch_size.snapshot(),
-        })
-        .collect(),
-      queue_wait: r.histograms.queue_wait.snapshot(),
-      tokenize: r.histograms.tokenize.snapshot(),
-      end_to_end: r.histograms.end_to_end.snapshot(),
+      workers,
+      models,
     }
   }
 
@@ -543,12 +886,10 @@ impl Pool {
       drain_injectors(registry);
     }
     registry.sleep.notify(Wake::All);
-    for thread in registry.threads.lock().expect("thread list lock poisoned. This is a bug.").iter()
-    {
+    for thread in lock(&registry.threads).iter() {
       thread.unpark();
     }
-    let handles =
-      std::mem::take(&mut *self.handles.lock().expect("thread list lock poisoned. This is a bug."));
+    let handles = std::mem::take(&mut *lock(&self.handles));
     for handle in handles {
       // Workers run backends under `catch_unwind`; a join error would repeat a panic that was
       // already reported to the callers of that batch.
@@ -563,50 +904,124 @@ impl Drop for Pool {
   }
 }
 
+/// Checks that `models` can run on the workers of `config`.
+fn validate(config: &PoolConfig, models: &Models) -> Result<(), BackendError> {
+  let invalid = |message: String| BackendError::new(BackendErrorKind::InvalidInput, message);
+  if config.workers == 0 || config.workers > MAX_MODELS {
+    return Err(invalid(format!("a pool has 1 to {MAX_MODELS} workers, not {}", config.workers)));
+  }
+  if models.models.is_empty() || models.models.len() > MAX_MODELS {
+    return Err(invalid(format!(
+      "a pool has 1 to {MAX_MODELS} models, not {}",
+      models.models.len()
+    )));
+  }
+  let budget = |w: usize| config.memory_budget.get(w).copied().unwrap_or(u64::MAX);
+  for model in &models.models {
+    let fits = (0..config.workers).any(|w| model.allows(w) && model.memory <= budget(w));
+    if !fits {
+      return Err(invalid(format!(
+        "model {:?} can load on no worker: it needs {} bytes, and the workers it may use ({}) have less memory budget",
+        model.name,
+        model.memory,
+        model.workers.as_ref().map_or_else(
+          || "all".to_owned(),
+          |w| w.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        ),
+      )));
+    }
+  }
+  if let Some(&bad) = models.preload.iter().find(|&&m| m >= models.models.len()) {
+    return Err(invalid(format!("no model {bad} to preload")));
+  }
+  Ok(())
+}
+
 /// Fails every item in the injectors with `Closed`.
 fn drain_injectors(registry: &Registry) {
-  registry.queues.drain(|item| item.request.fail(PoolError::Closed));
+  for model in &registry.models {
+    model.queues.drain(|item| item.request.fail(PoolError::Closed));
+  }
+}
+
+/// A model a worker holds.
+struct Slot {
+  backend: Box<dyn Backend>,
+  usage: Usage,
+  last_used: Instant,
+  loaded_at: Instant,
+}
+
+/// A worker's claim on loading a model: counted in the model's `loading` until dropped.
+struct Claim<'a>(&'a AtomicUsize);
+
+impl<'a> Claim<'a> {
+  fn new(loading: &'a AtomicUsize) -> Self {
+    Self::take(loading).0
+  }
+
+  /// The claim, and how many other workers held one when it was taken.
+  fn take(loading: &'a AtomicUsize) -> (Self, usize) {
+    let before = loading.fetch_add(1, Ordering::SeqCst);
+    (Self(loading), before)
+  }
+}
+
+impl Drop for Claim<'_> {
+  fn drop(&mut self) {
+    self.0.fetch_sub(1, Ordering::SeqCst);
+  }
 }
 
 /// One worker's private state (rayon's `WorkerThread`).
 struct WorkerThread {
   index: usize,
   registry: Arc<Registry>,
-  deque: Worker<Queued>,
-  backend: Box<dyn Backend>,
-  controller: Controller,
+  /// Its deque per model.
+  deques: Vec<Worker<Queued>>,
+  /// What it holds, per model.
+  slots: Vec<Option<Slot>>,
+  /// Adaptive budget and cost fit per model (kept across unloads).
+  controllers: Vec<Controller>,
+  /// When its recent switches happened (for `max_switches_per_hour`).
+  switches: VecDeque<Instant>,
+  /// Per model: consecutive failed loads, and no new attempt on demand before the instant
+  /// given.
+  load_failures: Vec<(u32, Option<Instant>)>,
+  /// When the earliest such pause of a model with queued work ends.
+  retry_at: Option<Instant>,
   /// Batches taken so far (drives the fairness tick).
   tick: u64,
   /// Consecutive failed batches (drives the back-off).
   failures: u32,
   /// xorshift state for choosing steal victims.
   rng: u64,
-  /// The bulk length class this worker's sweep takes from next.
-  cursor: usize,
+  /// Per model: the bulk length class its sweep takes from next.
+  cursors: Vec<usize>,
   /// Reused output buffer.
   out: Vec<f32>,
 }
 
 impl WorkerThread {
-  fn new(
-    index: usize,
-    registry: Arc<Registry>,
-    deque: Worker<Queued>,
-    backend: Box<dyn Backend>,
-  ) -> Self {
-    let controller =
-      Controller::new(registry.config.adaptive, registry.config.policy.max_batch_tokens);
-    registry.workers[index].token_budget.store(controller.budget(), Ordering::Relaxed);
+  fn new(index: usize, registry: Arc<Registry>, deques: Vec<Worker<Queued>>) -> Self {
+    let models = registry.models.len();
+    let controllers = (0..models)
+      .map(|_| Controller::new(registry.config.adaptive, registry.config.policy.max_batch_tokens))
+      .collect::<Vec<_>>();
+    registry.workers[index].token_budget.store(controllers[0].budget(), Ordering::Relaxed);
     Self {
       index,
       registry,
-      deque,
-      backend,
-      controller,
+      deques,
+      slots: (0..models).map(|_| None).collect(),
+      controllers,
+      switches: VecDeque::new(),
+      load_failures: vec![(0, None); models],
+      retry_at: None,
       tick: 0,
       failures: 0,
       rng: 0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1),
-      cursor: CLASSES - 1,
+      cursors: vec![CLASSES - 1; models],
       out: Vec::new(),
     }
   }
@@ -628,6 +1043,8 @@ impl WorkerThread {
         break;
       }
       let seen = self.registry.sleep.epoch();
+      self.handle_commands();
+      let next_idle_check = self.unload_idle();
       if let Some(found) = self.find_work() {
         self.run_batch(found);
         continue;
@@ -638,16 +1055,61 @@ impl WorkerThread {
         break;
       }
       self.set_state(WorkerState::Idle);
-      self.registry.sleep.sleep(seen);
+      let retry = self.retry_at.map(|at| at.saturating_duration_since(Instant::now()));
+      let wake_in = match (next_idle_check, retry) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+      };
+      match wake_in {
+        Some(wait) => self.registry.sleep.sleep_for(seen, wait),
+        None => self.registry.sleep.sleep(seen),
+      }
+    }
+    self.exit();
+  }
+
+  /// Answers the commands still pending, marks the worker stopped and wakes the others (they
+  /// may be waiting for the last item or for the close to be noticed).
+  fn exit(&mut self) {
+    let pending = lock(&self.registry.commands[self.index]).take().unwrap_or_default();
+    for command in pending {
+      match command {
+        Command::Load { done, .. } => {
+          let _ = done.send(Err(PoolError::Closed));
+        }
+        Command::Unload { done, .. } => {
+          let _ = done.send(false);
+        }
+      }
     }
     self.set_state(WorkerState::Stopped);
-    // Others may be waiting for the last item or for the close to be noticed.
     self.registry.sleep.notify(Wake::All);
   }
 
+  fn handle_commands(&mut self) {
+    let commands =
+      lock(&self.registry.commands[self.index]).as_mut().map(std::mem::take).unwrap_or_default();
+    for command in commands {
+      match command {
+        Command::Load { model, done } => {
+          let registry = Arc::clone(&self.registry);
+          let claim = Claim::new(&registry.models[model].loading);
+          let loaded = self.load(model);
+          drop(claim);
+          let _ = done.send(loaded);
+        }
+        Command::Unload { model, done } => {
+          let _ = done.send(self.unload(model, UnloadReason::Requested));
+        }
+      }
+    }
+  }
+
   fn cancel_local(&self) {
-    while let Some(item) = self.deque.pop() {
-      item.request.fail(PoolError::Closed);
+    for deque in &self.deques {
+      while let Some(item) = deque.pop() {
+        item.request.fail(PoolError::Closed);
+      }
     }
   }
 
@@ -658,23 +1120,307 @@ impl WorkerThread {
     self.rng
   }
 
-  /// This worker's share of the queued tokens ([`fair_share`]): what it should take so that it
-  /// finishes with every other worker, given their measured speeds and the batches they are
-  /// running. A worker not measured yet counts at the mean of the measured ones; when none is
-  /// measured, all count as equal and free.
-  fn share(&self) -> usize {
+  /// Whether one more switch fits under `max_switches_per_hour` (always while draining).
+  fn may_switch(&mut self, now: Instant) -> bool {
+    let Some(cap) = self.registry.config.max_switches_per_hour else { return true };
+    if self.registry.closing() == DRAIN {
+      return true;
+    }
+    while self.switches.front().is_some_and(|&t| now.duration_since(t) >= HOUR) {
+      self.switches.pop_front();
+    }
+    self.switches.len() < cap as usize
+  }
+
+  /// Loads `model` here, evicting what no longer fits (lowest priority first, then lowest usage
+  /// score; never a model that outranks it). The caller holds a [`Claim`] on the model while
+  /// it loads.
+  fn load(&mut self, model: usize) -> Result<(), PoolError> {
+    if self.slots[model].is_some() {
+      return Ok(());
+    }
+    let registry = Arc::clone(&self.registry);
+    let shared = &registry.models[model];
+    let (name, need, priority) =
+      (&shared.config.name, shared.config.memory, shared.config.priority);
+    let budget = registry.budget(self.index);
+    if need > budget {
+      return Err(PoolError::Unavailable(format!(
+        "model {name:?} needs {need} bytes, more than worker {}'s memory budget of {budget}",
+        self.index
+      )));
+    }
+    let now = Instant::now();
+    let key = |m: usize| {
+      let slot = self.slots[m].as_ref().expect("only loaded models are ranked");
+      (registry.models[m].config.priority, slot.usage.score(now))
+    };
+    let mut held: Vec<usize> = (0..self.slots.len()).filter(|&m| self.slots[m].is_some()).collect();
+    held.sort_by(|&a, &b| key(a).partial_cmp(&key(b)).unwrap_or(std::cmp::Ordering::Equal));
+    let mut used = self.shared().memory_used.load(Ordering::Relaxed);
+    let mut victims = Vec::new();
+    for victim in held {
+      if used.saturating_add(need) <= budget {
+        break;
+      }
+      if registry.models[victim].config.priority > priority {
+        return Err(PoolError::Unavailable(format!(
+          "model {name:?} fits on worker {} only by evicting {:?}, which has a higher priority",
+          self.index, registry.models[victim].config.name
+        )));
+      }
+      victims.push(victim);
+      used -= registry.models[victim].config.memory;
+    }
+    if !victims.is_empty() {
+      if !self.may_switch(now) {
+        return Err(PoolError::Unavailable(format!(
+          "worker {} has made its {} model switches this hour",
+          self.index,
+          registry.config.max_switches_per_hour.unwrap_or_default()
+        )));
+      }
+      self.switches.push_back(now);
+      self.shared().switches.fetch_add(1, Ordering::Relaxed);
+    }
+    for victim in victims {
+      self.unload(victim, UnloadReason::Evicted { for_model: model });
+    }
+
+    self.set_state(WorkerState::Loading);
+    let started = Instant::now();
+    let built = catch_unwind(AssertUnwindSafe(|| (registry.factory)(self.index, model)))
+      .unwrap_or_else(|panic| {
+        Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic)))
+      })
+      .and_then(|backend| {
+        let width = backend.dimension();
+        let expected = *shared.dimension.get_or_init(|| width);
+        if width == expected {
+          Ok(backend)
+        } else {
+          Err(BackendError::new(
+            BackendErrorKind::Model,
+            format!(
+              "model {name:?} gives {width} values per text on worker {}, {expected} elsewhere",
+              self.index
+            ),
+          ))
+        }
+      });
+    self.set_state(WorkerState::Idle);
+    match built {
+      Ok(backend) => {
+        let loaded_at = Instant::now();
+        self.slots[model] =
+          Some(Slot { backend, usage: Usage::new(loaded_at), last_used: loaded_at, loaded_at });
+        let worker = self.shared();
+        worker.loaded.fetch_or(1 << model, Ordering::Relaxed);
+        worker.memory_used.fetch_add(need, Ordering::Relaxed);
+        worker.loads.fetch_add(1, Ordering::Relaxed);
+        shared.loads.fetch_add(1, Ordering::Relaxed);
+        self.load_failures[model] = (0, None);
+        registry.emit(Event::ModelLoaded { model, worker: self.index, took: started.elapsed() });
+        // Workers waiting for this model may now steal from this one.
+        registry.sleep.notify(Wake::All);
+        Ok(())
+      }
+      Err(error) => {
+        let (failures, _) = self.load_failures[model];
+        let exponent = failures.min(20);
+        let config = &registry.config;
+        let pause = config.backoff_initial.saturating_mul(1 << exponent).min(config.backoff_max);
+        self.load_failures[model] = (failures + 1, Some(Instant::now() + pause));
+        registry.emit(Event::ModelLoadFailed { model, worker: self.index, error: error.clone() });
+        Err(PoolError::Backend(error))
+      }
+    }
+  }
+
+  /// Unloads `model` here, handing its items in this worker's deque back to the injectors.
+  /// Returns whether it was loaded.
+  fn unload(&mut self, model: usize, reason: UnloadReason) -> bool {
+    let Some(slot) = self.slots[model].take() else { return false };
+    drop(slot);
+    let registry = Arc::clone(&self.registry);
+    let shared = &registry.models[model];
+    let worker = self.shared();
+    worker.loaded.fetch_and(!(1 << model), Ordering::Relaxed);
+    worker.memory_used.fetch_sub(shared.config.memory, Ordering::Relaxed);
+    shared.unloads.fetch_add(1, Ordering::Relaxed);
+    if matches!(reason, UnloadReason::Evicted { .. }) {
+      shared.evictions.fetch_add(1, Ordering::Relaxed);
+      worker.evictions.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut moved = false;
+    while let Some(item) = self.deques[model].pop() {
+      registry.push(item);
+      moved = true;
+    }
+    if moved {
+      registry.sleep.notify(Wake::All);
+    }
+    registry.emit(Event::ModelUnloaded { model, worker: self.index, reason });
+    true
+  }
+
+  /// Unloads the models unused for `idle_timeout`; returns how long until the next one may be
+  /// due.
+  fn unload_idle(&mut self) -> Option<Duration> {
+    let timeout = self.registry.config.idle_timeout?;
+    let now = Instant::now();
+    let mut next: Option<Duration> = None;
+    for model in 0..self.slots.len() {
+      let Some(slot) = &self.slots[model] else { continue };
+      let idle = now.saturating_duration_since(slot.last_used);
+      if idle >= timeout {
+        self.unload(model, UnloadReason::Idle);
+      } else {
+        let left = timeout.saturating_sub(idle);
+        next = Some(next.map_or(left, |n| n.min(left)));
+      }
+    }
+    next
+  }
+
+  /// Drops the answered and expired items of `model` from its injectors.
+  fn purge(&self, model: usize) {
+    let queues = &self.registry.models[model].queues;
+    let now = Instant::now();
+    let mut live = Vec::new();
+    queues.drain(|item| live.extend(runnable(item, now)));
+    for item in live {
+      queues.push(item);
+    }
+  }
+
+  /// Fails every queued item of `model` this worker can reach with `error` (no worker holds it
+  /// and its load failed).
+  fn fail_model(&self, model: usize, error: &BackendError) {
+    let fail = |item: Queued| item.request.fail(PoolError::Backend(error.clone()));
+    self.registry.models[model].queues.drain(fail);
+    while let Some(item) = self.deques[model].pop() {
+      fail(item);
+    }
+  }
+
+  /// Which model to run next (module docs, step 2), loading it when that is justified. `skip`:
+  /// models already found empty this round.
+  fn choose_model(&mut self, skip: u64) -> Option<usize> {
+    let registry = Arc::clone(&self.registry);
+    let now = registry.nanos_since_epoch();
+    let unserved = |m: &ModelShared| now.saturating_sub(m.served_at.load(Ordering::Relaxed));
+    let mut current: Option<(i32, bool, u64, usize)> = None;
+    let mut others = Vec::new();
+    for (model, shared) in registry.models.iter().enumerate() {
+      if skip & (1 << model) != 0 || !shared.config.allows(self.index) {
+        continue;
+      }
+      if shared.queued_items() == 0 && self.deques[model].is_empty() {
+        continue;
+      }
+      if self.slots[model].is_some() {
+        let key =
+          (shared.config.priority, shared.queues.has_interactive(), unserved(shared), model);
+        if current.is_none_or(|c| key > c) {
+          current = Some(key);
+        }
+      } else {
+        others.push(model);
+      }
+    }
+    others.sort_by_key(|&m| {
+      std::cmp::Reverse((registry.models[m].config.priority, unserved(&registry.models[m])))
+    });
+    self.retry_at = None;
+    let instant = Instant::now();
+    for model in others {
+      let shared = &registry.models[model];
+      if let Some(at) = self.load_failures[model].1.filter(|&at| instant < at) {
+        // A load failed or was refused a moment ago: look again when the pause ends.
+        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+        continue;
+      }
+      let running = current.map(|c| (c.0, c.3));
+      if !self.load_justified(model, shared.loading.load(Ordering::SeqCst), running) {
+        continue;
+      }
+      // Claim the load and decide again with the claims taken before this one: of workers
+      // deciding at the same moment, the first claim goes on and the others step back. A worker
+      // only claims what it decided to load, so a claim never turns the others away for
+      // nothing unless the load then fails, and then they are woken.
+      let (claim, others_loading) = Claim::take(&shared.loading);
+      if !self.load_justified(model, others_loading, running) {
+        continue;
+      }
+      let nobody = registry.holders(model) == 0 && others_loading == 0;
+      if nobody {
+        // No worker would meet its dead items: drop them before loading for nothing.
+        self.purge(model);
+        if shared.queued_items() == 0 && self.deques[model].is_empty() {
+          continue;
+        }
+      }
+      let loaded = self.load(model);
+      drop(claim);
+      match loaded {
+        Ok(()) => return Some(model),
+        Err(PoolError::Backend(error)) => {
+          if registry.holders(model) == 0 && shared.loading.load(Ordering::SeqCst) == 0 {
+            self.fail_model(model, &error);
+          }
+        }
+        Err(_) => {
+          // No room here now (budget, priorities, switch cap): try again after a pause.
+          let pause = registry.config.switch_delay.max(REFUSED_PAUSE);
+          self.load_failures[model].1 = Some(Instant::now() + pause);
+        }
+      }
+      // Workers that stepped back for this claim look again (this one waits out its pause).
+      registry.sleep.notify(Wake::All);
+    }
+    current.map(|c| c.3)
+  }
+
+  /// Whether work queued for `model`, which this worker does not hold, justifies loading it
+  /// while it could run `current` (priority, model) instead (module docs, step 2). `loading`:
+  /// other workers loading it now.
+  fn load_justified(&self, model: usize, loading: usize, current: Option<(i32, usize)>) -> bool {
+    let registry = &self.registry;
+    let shared = &registry.models[model];
+    let holders = registry.holders(model) + loading;
+    let more_than_holders_take =
+      shared.queued_items() > registry.config.policy.max_batch_size.max(1) * holders;
+    let Some((priority, running)) = current else {
+      return holders == 0 || more_than_holders_take;
+    };
+    if shared.config.priority > priority {
+      return holders == 0 || more_than_holders_take;
+    }
+    let delay = registry.config.switch_delay;
+    let unserved =
+      registry.nanos_since_epoch().saturating_sub(shared.served_at.load(Ordering::Relaxed));
+    shared.config.priority == priority
+      && holders == 0
+      && Duration::from_nanos(unserved) >= delay
+      && self.slots[running].as_ref().is_some_and(|s| s.loaded_at.elapsed() >= delay)
+  }
+
+  /// This worker's share of `model`'s queued tokens ([`fair_share`]): what it should take so
+  /// that it finishes with every other worker holding the model, given their measured speeds
+  /// and the batches they are running. A worker not measured yet counts at the mean of the
+  /// measured ones; when none is measured, all count as equal and free.
+  fn share(&self, model: usize) -> usize {
     let r = &self.registry;
-    let queued = r
+    let shared = &r.models[model];
+    let queued = shared
       .outstanding
       .tokens
       .load(Ordering::Relaxed)
-      .saturating_sub(r.in_flight_tokens.load(Ordering::Relaxed));
-    let queued_items = r
-      .outstanding
-      .items
-      .load(Ordering::Relaxed)
-      .saturating_sub(r.in_flight.load(Ordering::Relaxed));
-    let speed_of = |w: &WorkerShared| f64::from_bits(w.token_speed.load(Ordering::Relaxed));
+      .saturating_sub(shared.in_flight_tokens.load(Ordering::Relaxed));
+    let queued_items = shared.queued_items();
+    let speed_of =
+      |w: &WorkerShared| f64::from_bits(w.models[model].token_speed.load(Ordering::Relaxed));
     let (known, measured) = r
       .workers
       .iter()
@@ -685,8 +1431,7 @@ impl WorkerThread {
     let now = r.nanos_since_epoch();
     let mut peers = Vec::with_capacity(r.workers.len());
     for (index, w) in r.workers.iter().enumerate() {
-      let state = WorkerState::from_u8(w.state.load(Ordering::Relaxed));
-      if index == self.index || matches!(state, WorkerState::BackingOff | WorkerState::Stopped) {
+      if index == self.index || !w.holds(model) || !w.state().serves() {
         continue;
       }
       let own = speed_of(w);
@@ -713,29 +1458,45 @@ impl WorkerThread {
     share.saturating_add(queued / queued_items.max(1) / 2).max(1)
   }
 
-  /// Looks for the next batch (module docs, steps 2–4). `None` when nothing is runnable
-  /// anywhere. The flag tells whether the adaptive token budget bounded the batch.
-  fn find_work(&mut self) -> Option<(Vec<Queued>, bool)> {
+  /// Picks a model and finds its next batch. `None` when nothing is runnable anywhere for the
+  /// models this worker may run.
+  fn find_work(&mut self) -> Option<(usize, Vec<Queued>, bool)> {
+    let mut skip = 0_u64;
+    for _ in 0..self.registry.models.len() {
+      let model = self.choose_model(skip)?;
+      if let Some((batch, bound)) = self.find_batch(model) {
+        return Some((model, batch, bound));
+      }
+      skip |= 1 << model;
+    }
+    None
+  }
+
+  /// Looks for the next batch of `model` (module docs, steps 3–5). The flag tells whether the
+  /// adaptive token budget bounded the batch.
+  fn find_batch(&mut self, model: usize) -> Option<(Vec<Queued>, bool)> {
     let policy = self.registry.config.policy;
-    let share = self.share();
+    let share = self.share(model);
     let cap = policy.max_batch_size.max(1);
-    let mut budget = self.controller.budget().min(share);
-    if self.shared().token_speed.load(Ordering::Relaxed) == 0 {
+    let controller = &self.controllers[model];
+    let mut budget = controller.budget().min(share);
+    if self.shared().models[model].token_speed.load(Ordering::Relaxed) == 0 {
       // Speed not measured yet: a first, smaller batch measures it without handing a slow
       // device a large part of the queue.
       budget = budget.div_ceil(FIRST_BATCH_DIVISOR);
     }
-    let adaptive_bound = budget >= self.controller.budget();
+    let adaptive_bound = budget >= controller.budget();
     self.tick += 1;
     let bulk_first = self.tick.is_multiple_of(FAIRNESS_INTERVAL);
     let mut held = false;
     loop {
-      let mut candidates = self.gather(cap, budget, bulk_first);
+      let candidates = self.gather(model, cap, budget, bulk_first);
       if candidates.is_empty() {
         return None;
       }
       let now = Instant::now();
-      candidates.retain(|item| runnable(item, now));
+      let candidates: Vec<Queued> =
+        candidates.into_iter().filter_map(|item| runnable(item, now)).collect();
       if candidates.is_empty() {
         // Everything gathered was dead (answered or expired): look again, more may be queued.
         continue;
@@ -753,21 +1514,21 @@ impl WorkerThread {
           held = true;
           let seen = self.registry.sleep.epoch();
           for item in candidates {
-            self.deque.push(item);
+            self.deques[model].push(item);
           }
           self.registry.sleep.sleep_for(seen, policy.max_wait.saturating_sub(waited));
           continue;
         }
       }
       let mut selection =
-        select(candidates, cap, budget, policy.max_padding, self.controller.cost_model());
+        select(candidates, cap, budget, policy.max_padding, self.controllers[model].cost_model());
       // The rest goes back in length order: a thief takes from the front, so what it steals is a
       // run of similar lengths that batches with little padding.
       selection.rest.sort_by_key(Queued::len);
       for item in selection.rest {
-        self.deque.push(item);
+        self.deques[model].push(item);
       }
-      if !self.deque.is_empty() || !self.registry.queues.is_empty() {
+      if !self.deques[model].is_empty() || !self.registry.models[model].queues.is_empty() {
         // Work is left: let an idle worker have it.
         self.registry.sleep.notify(Wake::One);
       }
@@ -775,50 +1536,44 @@ impl WorkerThread {
     }
   }
 
-  /// Collects candidates: interactive items first (unless it is bulk's turn), else what the
-  /// local deque holds, topped up from the bulk length classes to `cap` items and `budget`
-  /// tokens, else a steal.
-  fn gather(&mut self, cap: usize, budget: usize, bulk_first: bool) -> Vec<Queued> {
+  /// Collects candidates of `model`: interactive items first (unless it is bulk's turn), else
+  /// what the local deque holds, topped up from the bulk length classes to `cap` items and
+  /// `budget` tokens, else a steal.
+  fn gather(&mut self, model: usize, cap: usize, budget: usize, bulk_first: bool) -> Vec<Queued> {
     let window = self.registry.config.policy.window.max(cap);
+    let registry = Arc::clone(&self.registry);
+    let queues = &registry.models[model].queues;
     let mut candidates = Vec::new();
     if !bulk_first {
-      self.registry.queues.take_interactive(cap, &mut candidates);
+      queues.take_interactive(cap, &mut candidates);
       if !candidates.is_empty() {
         return candidates;
       }
     }
-    self.pop_into(&mut candidates, window);
+    pop_into(&self.deques[model], &mut candidates, window);
     let held: usize = candidates.iter().map(Queued::len).sum();
     if candidates.len() < cap && held < budget {
-      self.registry.queues.refill(
-        &self.deque,
-        &mut self.cursor,
+      queues.refill(
+        &self.deques[model],
+        &mut self.cursors[model],
         cap - candidates.len(),
         budget - held,
       );
-      self.pop_into(&mut candidates, window);
+      pop_into(&self.deques[model], &mut candidates, window);
     }
     if candidates.is_empty() {
-      self.steal();
-      self.pop_into(&mut candidates, window);
+      self.steal(model);
+      pop_into(&self.deques[model], &mut candidates, window);
     }
     if candidates.is_empty() && bulk_first {
-      self.registry.queues.take_interactive(cap, &mut candidates);
+      queues.take_interactive(cap, &mut candidates);
     }
     candidates
   }
 
-  /// Moves items from the local deque into `out` until it holds `window`.
-  fn pop_into(&self, out: &mut Vec<Queued>, window: usize) {
-    while out.len() < window {
-      let Some(item) = self.deque.pop() else { break };
-      out.push(item);
-    }
-  }
-
-  /// Steals a batch from random victims into the local deque (crossbeam's `find_task` shape:
-  /// loop only while some victim answered `Retry`).
-  fn steal(&mut self) {
+  /// Steals a batch of `model`'s items from random victims into the local deque (crossbeam's
+  /// `find_task` shape: loop only while some victim answered `Retry`).
+  fn steal(&mut self, model: usize) {
     let count = self.registry.stealers.len();
     if count < 2 {
       return;
@@ -831,7 +1586,7 @@ impl WorkerThread {
         if victim == self.index {
           continue;
         }
-        match self.registry.stealers[victim].steal_batch(&self.deque) {
+        match self.registry.stealers[victim][model].steal_batch(&self.deques[model]) {
           Steal::Success(()) => {
             self.shared().steals.fetch_add(1, Ordering::Relaxed);
             return;
@@ -846,51 +1601,66 @@ impl WorkerThread {
     }
   }
 
-  /// Runs one batch and settles every item in it (module docs, step 5).
-  fn run_batch(&mut self, (batch, budget_bound): (Vec<Queued>, bool)) {
+  /// Runs one batch of `model` and settles every item in it (module docs, step 6).
+  fn run_batch(&mut self, (model, batch, budget_bound): (usize, Vec<Queued>, bool)) {
     let registry = Arc::clone(&self.registry);
-    let dimension = self.backend.dimension();
+    let shared_model = &registry.models[model];
     let count = batch.len();
     let padded = batch.iter().map(Queued::len).max().unwrap_or(0) * count;
     let real: usize = batch.iter().map(Queued::len).sum();
     registry.in_flight.fetch_add(count, Ordering::Relaxed);
-    registry.in_flight_tokens.fetch_add(real, Ordering::Relaxed);
+    shared_model.in_flight.fetch_add(count, Ordering::Relaxed);
+    shared_model.in_flight_tokens.fetch_add(real, Ordering::Relaxed);
+    shared_model.served_at.store(registry.nanos_since_epoch(), Ordering::Relaxed);
     self.set_state(WorkerState::Busy);
     let shared = &registry.workers[self.index];
-    shared.batch_expected.store(self.predict(padded), Ordering::Relaxed);
+    shared.batch_expected.store(self.predict(model, padded), Ordering::Relaxed);
     shared.batch_started.store(registry.nanos_since_epoch(), Ordering::Relaxed);
-    self.out.clear();
-    self.out.resize(count * dimension, 0.0);
     let started = Instant::now();
     for item in &batch {
-      registry
+      shared_model
         .histograms
         .queue_wait
         .record_duration(started.saturating_duration_since(item.admitted_at));
     }
+    let slot = self.slots[model].as_mut().expect("a batch runs on a loaded model");
+    let dimension = slot.backend.dimension();
+    self.out.clear();
+    self.out.resize(count * dimension, 0.0);
     let result = {
       let inputs: Vec<&crate::TokenizedText> = batch.iter().map(|q| &q.input).collect();
-      let (backend, out) = (&mut self.backend, &mut self.out);
+      let (backend, out) = (&mut slot.backend, &mut self.out);
       catch_unwind(AssertUnwindSafe(|| backend.run(&inputs, out))).unwrap_or_else(|panic| {
         Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic)))
       })
     };
     let elapsed = started.elapsed();
+    let finished = Instant::now();
+    slot.last_used = finished;
+    let per_model = &shared.models[model];
     shared.batch_expected.store(0, Ordering::Relaxed);
     shared.batches.fetch_add(1, Ordering::Relaxed);
-    shared.histograms.inference.record_duration(elapsed);
-    shared.histograms.batch_size.record_count(count);
+    per_model.batches.fetch_add(1, Ordering::Relaxed);
+    per_model.histograms.inference.record_duration(elapsed);
+    per_model.histograms.batch_size.record_count(count);
     shared
       .busy_nanos
       .fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    registry.in_flight.fetch_sub(count, Ordering::Relaxed);
+    shared_model.in_flight.fetch_sub(count, Ordering::Relaxed);
+    shared_model.in_flight_tokens.fetch_sub(real, Ordering::Relaxed);
     match result {
       Ok(()) => {
+        slot.usage.add(count, finished);
+        if self.failures >= registry.config.max_attempts.max(1) {
+          registry.emit(Event::WorkerRecovered { worker: self.index });
+        }
         self.failures = 0;
         shared.items.fetch_add(count as u64, Ordering::Relaxed);
-        self.controller.observe(padded, elapsed, budget_bound);
-        self.record_speed(count, padded, elapsed);
-        registry.in_flight.fetch_sub(count, Ordering::Relaxed);
-        registry.in_flight_tokens.fetch_sub(real, Ordering::Relaxed);
+        per_model.items.fetch_add(count as u64, Ordering::Relaxed);
+        shared_model.items.fetch_add(count as u64, Ordering::Relaxed);
+        self.controllers[model].observe(padded, elapsed, budget_bound);
+        self.record_speed(model, count, padded, elapsed);
         for (item, row) in batch.into_iter().zip(self.out.chunks_exact(dimension.max(1))) {
           // Settle the item (it leaves `outstanding`) before its request may be answered, so a
           // caller that gets its answer never sees its own items still counted.
@@ -901,32 +1671,30 @@ impl WorkerThread {
       }
       Err(error) => {
         shared.errors.fetch_add(1, Ordering::Relaxed);
-        registry.in_flight.fetch_sub(count, Ordering::Relaxed);
-        registry.in_flight_tokens.fetch_sub(real, Ordering::Relaxed);
-        self.settle_failure(batch, &error, padded);
+        self.settle_failure(model, batch, &error, padded);
       }
     }
-    shared.token_budget.store(self.controller.budget(), Ordering::Relaxed);
+    shared.token_budget.store(self.controllers[model].budget(), Ordering::Relaxed);
   }
 
-  /// Expected nanoseconds of a batch of `padded` tokens on this worker, from its fitted cost
-  /// model (0 before it has one: a speed averaged over a few small batches overestimates).
+  /// Expected nanoseconds of a batch of `padded` tokens of `model` on this worker, from its
+  /// fitted cost model (0 before it has one: a speed averaged over a few small batches
+  /// overestimates).
   #[expect(
     clippy::cast_precision_loss,
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,
     reason = "token counts and nanoseconds of one batch"
   )]
-  fn predict(&self, padded: usize) -> u64 {
-    self
-      .controller
+  fn predict(&self, model: usize, padded: usize) -> u64 {
+    self.controllers[model]
       .cost_model()
       .map_or(0, |cost| ((cost.fixed + cost.per_token * padded as f64) * 1e9) as u64)
   }
 
   /// Folds one batch into the worker's measured speeds (moving averages; the token speed is the
   /// fitted marginal speed when the cost model has one).
-  fn record_speed(&self, items: usize, padded: usize, elapsed: Duration) {
+  fn record_speed(&self, model: usize, items: usize, padded: usize, elapsed: Duration) {
     if elapsed.is_zero() {
       return;
     }
@@ -939,23 +1707,30 @@ impl WorkerThread {
       speed.store(new.to_bits(), Ordering::Relaxed);
     };
     fold(&self.shared().speed, items);
-    if let Some(cost) = self.controller.cost_model() {
-      self.shared().token_speed.store((1.0 / cost.per_token).to_bits(), Ordering::Relaxed);
+    let token_speed = &self.shared().models[model].token_speed;
+    if let Some(cost) = self.controllers[model].cost_model() {
+      token_speed.store((1.0 / cost.per_token).to_bits(), Ordering::Relaxed);
     } else {
-      fold(&self.shared().token_speed, padded.max(1));
+      fold(token_speed, padded.max(1));
     }
   }
 
-  /// Failure semantics (module docs, step 5).
-  fn settle_failure(&mut self, batch: Vec<Queued>, error: &BackendError, padded: usize) {
+  /// Failure semantics (module docs, step 6).
+  fn settle_failure(
+    &mut self,
+    model: usize,
+    batch: Vec<Queued>,
+    error: &BackendError,
+    padded: usize,
+  ) {
     let registry = Arc::clone(&self.registry);
     let cancelling = registry.closing() == CANCEL;
     match error.kind {
       BackendErrorKind::OutOfMemory if batch.len() > 1 && !cancelling => {
         // Smaller batches may fit: halve the budget for good and run the items again.
-        self.controller.out_of_memory(padded);
+        self.controllers[model].out_of_memory(padded);
         for item in batch {
-          self.deque.push(item);
+          self.deques[model].push(item);
         }
       }
       BackendErrorKind::InvalidInput => {
@@ -983,6 +1758,9 @@ impl WorkerThread {
           registry.sleep.notify(Wake::All);
         }
         self.failures += 1;
+        if self.failures == max_attempts {
+          registry.emit(Event::WorkerFailed { worker: self.index, error: error.clone() });
+        }
         self.back_off();
       }
     }
@@ -997,7 +1775,8 @@ impl WorkerThread {
     if pause.is_zero() {
       return;
     }
-    self.set_state(WorkerState::BackingOff);
+    let failed = self.failures >= config.max_attempts.max(1);
+    self.set_state(if failed { WorkerState::Failed } else { WorkerState::BackingOff });
     let until = Instant::now() + pause;
     while self.registry.closing() != CANCEL {
       let now = Instant::now();
@@ -1009,16 +1788,28 @@ impl WorkerThread {
   }
 }
 
-/// Whether `item` should still run; settles it (and drops it) when not.
-fn runnable(item: &Queued, now: Instant) -> bool {
+/// Moves items from `deque` into `out` until it holds `window`.
+fn pop_into(deque: &Worker<Queued>, out: &mut Vec<Queued>, window: usize) {
+  while out.len() < window {
+    let Some(item) = deque.pop() else { break };
+    out.push(item);
+  }
+}
+
+/// `item` when it should still run. Otherwise it is dropped, and when its deadline passed its
+/// request is answered with `Timeout`, after the drop: a caller never sees its answered items
+/// still counted.
+fn runnable(item: Queued, now: Instant) -> Option<Queued> {
   if item.request.is_finished() {
-    return false;
+    return None;
   }
   if item.request.deadline.is_some_and(|deadline| deadline <= now) {
-    item.request.fail(PoolError::Timeout);
-    return false;
+    let request = Arc::clone(&item.request);
+    drop(item);
+    request.fail(PoolError::Timeout);
+    return None;
   }
-  true
+  Some(item)
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -82,6 +82,11 @@ impl Queues {
     }
   }
 
+  /// Whether interactive items wait.
+  pub(crate) fn has_interactive(&self) -> bool {
+    !self.interactive.is_empty()
+  }
+
   pub(crate) fn is_empty(&self) -> bool {
     self.interactive.is_empty() && self.bulk.iter().all(|c| c.get().is_none_or(Injector::is_empty))
   }

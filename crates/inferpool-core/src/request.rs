@@ -54,8 +54,10 @@ pub type Reply = Box<dyn FnOnce(Result<Vec<f32>, PoolError>) + Send>;
 
 /// One submitted request.
 pub(crate) struct Request {
-  /// Width of one row.
-  dimension: usize,
+  /// Index of the model that runs it.
+  pub(crate) model: usize,
+  /// Number of items (rows).
+  items: usize,
   /// Queue class of every item.
   pub(crate) priority: Priority,
   /// Latest start time, if any.
@@ -67,7 +69,8 @@ pub(crate) struct Request {
 }
 
 struct State {
-  /// The flat output buffer, filled row by row.
+  /// The flat output buffer, filled row by row; allocated by the first row (whose length is
+  /// the model's dimension, known once the model is loaded).
   data: Vec<f32>,
   /// Rows not yet written.
   remaining: usize,
@@ -82,17 +85,14 @@ impl std::fmt::Debug for Request {
 }
 
 impl Request {
-  pub(crate) fn new(items: usize, dimension: usize, options: SubmitOptions, reply: Reply) -> Self {
+  pub(crate) fn new(items: usize, model: usize, options: SubmitOptions, reply: Reply) -> Self {
     Self {
-      dimension,
+      model,
+      items,
       priority: options.priority,
       deadline: options.deadline,
       finished: AtomicBool::new(false),
-      state: Mutex::new(State {
-        data: vec![0.0; items * dimension],
-        remaining: items,
-        reply: Some(reply),
-      }),
+      state: Mutex::new(State { data: Vec::new(), remaining: items, reply: Some(reply) }),
     }
   }
 
@@ -113,14 +113,17 @@ impl Request {
 
   /// Writes row `index`; answers the request when it was the last one.
   pub(crate) fn complete_row(&self, index: usize, row: &[f32]) {
-    debug_assert_eq!(row.len(), self.dimension);
+    let width = row.len();
     let done = {
       let mut state = self.state.lock().expect("request lock poisoned. This is a bug.");
       if state.reply.is_none() {
         return;
       }
-      let start = index * self.dimension;
-      state.data[start..start + self.dimension].copy_from_slice(row);
+      if state.data.is_empty() {
+        state.data = vec![0.0; self.items * width];
+      }
+      let start = index * width;
+      state.data[start..start + width].copy_from_slice(row);
       state.remaining -= 1;
       if state.remaining == 0 {
         let data = std::mem::take(&mut state.data);

@@ -62,16 +62,19 @@ fn histograms_count_what_was_submitted() {
   }
   let stats = pool.stats();
   let items = requests.iter().map(Vec::len).sum::<usize>() as u64;
-  assert_eq!(stats.end_to_end.count, 20);
-  assert_eq!(stats.tokenize.count, 20);
-  assert_eq!(stats.queue_wait.count, items);
-  let batch_count: u64 = stats.workers.iter().map(|w| w.batch_size.count).sum();
+  let model = &stats.models[0];
+  assert_eq!(model.end_to_end.count, 20);
+  assert_eq!(model.tokenize.count, 20);
+  assert_eq!(model.queue_wait.count, items);
+  assert_eq!(model.items, items);
+  let batch_count: u64 = stats.workers.iter().map(|w| w.models[0].batch_size.count).sum();
   assert_eq!(batch_count, stats.batches());
-  let item_sum: f64 = stats.workers.iter().map(|w| w.batch_size.sum).sum();
+  let item_sum: f64 = stats.workers.iter().map(|w| w.models[0].batch_size.sum).sum();
   assert!((item_sum - f64::from(u32::try_from(items).unwrap())).abs() < f64::EPSILON);
-  assert_eq!(stats.workers.iter().map(|w| w.inference.count).sum::<u64>(), stats.batches());
+  let inference: u64 = stats.workers.iter().map(|w| w.models[0].inference.count).sum();
+  assert_eq!(inference, stats.batches());
   // Cumulative buckets never decrease and end at or below the count.
-  for h in [&stats.end_to_end, &stats.queue_wait] {
+  for h in [&model.end_to_end, &model.queue_wait] {
     assert!(h.buckets.windows(2).all(|w| w[0].1 <= w[1].1));
     assert!(h.buckets.last().unwrap().1 <= h.count);
     assert!(h.sum > 0.0);

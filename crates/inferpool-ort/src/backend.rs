@@ -11,7 +11,7 @@ use std::{
   sync::{Arc, OnceLock},
 };
 
-use inferpool_core::{Backend, BackendError, BackendErrorKind, BackendFactory, TokenizedText};
+use inferpool_core::{Backend, BackendError, BackendErrorKind, ModelFactory, TokenizedText};
 use ort::{
   ep,
   session::{Session, SessionInputValue, builder::GraphOptimizationLevel},
@@ -272,27 +272,40 @@ impl Backend for OrtBackend {
 }
 
 /// Why a worker runs on the CPU instead of the GPU it was given, per worker index (set once,
-/// while the pool starts).
+/// by its first load that failed on the GPU).
 pub type Fallbacks = Arc<[OnceLock<String>]>;
 
-/// A factory that gives worker `i` a session on `devices[i]`. With `fallbacks`, a worker whose
-/// GPU session cannot be built gets a CPU session instead and the reason is kept in
-/// `fallbacks[i]`; without, the error stops the pool from starting.
+/// One model a factory can load: its ONNX file and how its sessions run.
+#[derive(Clone, Debug)]
+pub struct SessionSpec {
+  /// The ONNX graph.
+  pub onnx: PathBuf,
+  /// Threads, pooling, normalisation.
+  pub options: SessionOptions,
+}
+
+/// A factory that gives worker `w` a session of `models[m]` on `devices[w]`. With `fallbacks`,
+/// a worker whose GPU session cannot be built gets a CPU session instead, the reason is kept in
+/// `fallbacks[w]`, and its later loads go to the CPU directly; without, the error is returned.
 #[must_use]
-pub fn backend_factory(
-  onnx: PathBuf,
+pub fn model_factory(
+  models: Vec<SessionSpec>,
   devices: Vec<Device>,
-  options: SessionOptions,
   fallbacks: Option<Fallbacks>,
-) -> BackendFactory {
-  let devices = Arc::new(devices);
-  Box::new(move |index| {
-    let device = devices.get(index).copied().unwrap_or(Device::Cpu);
-    let built = match (OrtBackend::new(&onnx, device, options.clone()), &fallbacks) {
+) -> ModelFactory {
+  Box::new(move |worker, model| {
+    let spec = models.get(model).ok_or_else(|| model_error(format!("no model {model}")))?;
+    let mut device = devices.get(worker).copied().unwrap_or(Device::Cpu);
+    let fallen_back =
+      fallbacks.as_ref().and_then(|f| f.get(worker)).is_some_and(|slot| slot.get().is_some());
+    if fallen_back {
+      device = Device::Cpu;
+    }
+    let built = match (OrtBackend::new(&spec.onnx, device, spec.options.clone()), &fallbacks) {
       (Err(error), Some(fallbacks)) if device != Device::Cpu => {
         // A model that cannot load fails on the CPU too, and that error is the one reported.
-        let backend = OrtBackend::new(&onnx, Device::Cpu, options.clone())?;
-        if let Some(slot) = fallbacks.get(index) {
+        let backend = OrtBackend::new(&spec.onnx, Device::Cpu, spec.options.clone())?;
+        if let Some(slot) = fallbacks.get(worker) {
           let _ = slot.set(error.message.trim_end().to_owned());
         }
         Ok(backend)

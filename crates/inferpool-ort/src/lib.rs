@@ -13,7 +13,7 @@ pub mod model;
 pub mod pooling;
 pub mod runtime;
 
-pub use backend::{Device, Fallbacks, SessionOptions, backend_factory};
+pub use backend::{Device, Fallbacks, SessionOptions, SessionSpec, model_factory};
 pub use model::{EmbeddingModel, ModelFiles};
 pub use pooling::Pooling;
 pub use runtime::{RuntimeInfo, init_runtime};

@@ -80,6 +80,30 @@ impl ModelFiles {
   }
 }
 
+impl ModelFiles {
+  /// Bytes of the ONNX graph and its external data files (`<name>.onnx_data`, `<name>.onnx.data`
+  /// and the like beside it): a first estimate of the memory a loaded copy takes.
+  #[must_use]
+  pub fn weight_bytes(&self) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let Some(name) = self.onnx.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+      return 0;
+    };
+    let dir = self.onnx.parent().unwrap_or(Path::new("."));
+    let external: u64 = std::fs::read_dir(dir).map_or(0, |entries| {
+      entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+          let other = e.file_name().to_string_lossy().into_owned();
+          other != name && other.starts_with(&name)
+        })
+        .map(|e| size(&e.path()))
+        .sum()
+    });
+    size(&self.onnx) + external
+  }
+}
+
 /// Reads `key` as an unsigned integer from the JSON file at `path`, if both exist.
 fn json_usize(path: &Path, key: &str) -> Option<usize> {
   let text = std::fs::read_to_string(path).ok()?;

@@ -1,0 +1,189 @@
+//! The models a pool serves, and what it tells about loading and unloading them.
+//!
+//! A pool knows a fixed list of models ([`ModelConfig`]), each with its own tokenizer, queues
+//! and counters. A worker loads a model on demand by calling the [`ModelFactory`] on its own
+//! thread, keeps what it loaded while its memory budget allows, and unloads:
+//! * to make room for another model (*eviction*: the lowest priority first, then the lowest
+//!   usage score, a use count that halves every [`USAGE_HALF_LIFE`], so both recent and frequent
+//!   use keep a model loaded);
+//! * after `idle_timeout` without use;
+//! * when asked ([`crate::Pool::unload`]).
+//!
+//! A load that has to evict is a *switch*; `max_switches_per_hour` caps them per worker.
+
+use std::{
+  sync::Arc,
+  time::{Duration, Instant},
+};
+
+use crate::{Backend, BackendError, Tokenize};
+
+/// Half-life of a loaded model's usage score.
+pub const USAGE_HALF_LIFE: Duration = Duration::from_secs(60);
+
+/// One model of a pool.
+#[derive(Clone)]
+pub struct ModelConfig {
+  /// Name, for events and status.
+  pub name: String,
+  /// Its tokenizer, shared by every caller.
+  pub tokenizer: Arc<dyn Tokenize>,
+  /// Higher runs first when workers are scarce, and is evicted last.
+  pub priority: i32,
+  /// The workers (by index) that may load it; `None` = every worker.
+  pub workers: Option<Vec<usize>>,
+  /// Estimated memory of one loaded copy, bytes (counted against the worker's budget).
+  pub memory: u64,
+}
+
+impl std::fmt::Debug for ModelConfig {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.debug_struct("ModelConfig")
+      .field("name", &self.name)
+      .field("priority", &self.priority)
+      .field("workers", &self.workers)
+      .field("memory", &self.memory)
+      .finish_non_exhaustive()
+  }
+}
+
+impl ModelConfig {
+  /// A model every worker may load, priority 0, no memory estimate.
+  pub fn new(name: impl Into<String>, tokenizer: Arc<dyn Tokenize>) -> Self {
+    Self { name: name.into(), tokenizer, priority: 0, workers: None, memory: 0 }
+  }
+
+  pub(crate) fn allows(&self, worker: usize) -> bool {
+    self.workers.as_ref().is_none_or(|w| w.contains(&worker))
+  }
+}
+
+/// Builds model `model`'s backend for worker `worker`, on that worker's thread.
+pub type ModelFactory =
+  Box<dyn Fn(usize, usize) -> Result<Box<dyn Backend>, BackendError> + Send + Sync>;
+
+/// Why a worker unloaded a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnloadReason {
+  /// Unused for longer than the idle timeout.
+  Idle,
+  /// [`crate::Pool::unload`] asked for it.
+  Requested,
+  /// Room was needed for another model (the index given).
+  Evicted {
+    /// The model loaded in its place.
+    for_model: usize,
+  },
+}
+
+/// Something that happened to a model or a worker.
+#[derive(Clone, Debug)]
+pub enum Event {
+  /// A worker loaded a model.
+  ModelLoaded {
+    /// Model index.
+    model: usize,
+    /// Worker index.
+    worker: usize,
+    /// How long the load took.
+    took: Duration,
+  },
+  /// A worker unloaded a model.
+  ModelUnloaded {
+    /// Model index.
+    model: usize,
+    /// Worker index.
+    worker: usize,
+    /// Why.
+    reason: UnloadReason,
+  },
+  /// A worker could not load a model.
+  ModelLoadFailed {
+    /// Model index.
+    model: usize,
+    /// Worker index.
+    worker: usize,
+    /// Why.
+    error: BackendError,
+  },
+  /// A worker's batches failed `max_attempts` times in a row; it keeps retrying with back-off.
+  WorkerFailed {
+    /// Worker index.
+    worker: usize,
+    /// The last error.
+    error: BackendError,
+  },
+  /// A failed worker ran a batch successfully again.
+  WorkerRecovered {
+    /// Worker index.
+    worker: usize,
+  },
+}
+
+/// Where events go: called on the worker thread where they happen, so it must be quick.
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// The models of a pool and how to load them.
+pub struct Models {
+  /// Every model, by index.
+  pub models: Vec<ModelConfig>,
+  /// Builds a backend.
+  pub factory: ModelFactory,
+  /// Models loaded on every worker that allows them before the pool starts (a failure there
+  /// fails the start).
+  pub preload: Vec<usize>,
+  /// Receives events, if set.
+  pub events: Option<EventSink>,
+}
+
+impl std::fmt::Debug for Models {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.debug_struct("Models")
+      .field("models", &self.models)
+      .field("preload", &self.preload)
+      .finish_non_exhaustive()
+  }
+}
+
+/// A model's usage score: a count of items that halves every [`USAGE_HALF_LIFE`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Usage {
+  score: f64,
+  at: Instant,
+}
+
+impl Usage {
+  pub(crate) fn new(now: Instant) -> Self {
+    Self { score: 0.0, at: now }
+  }
+
+  /// The score at `now`.
+  pub(crate) fn score(&self, now: Instant) -> f64 {
+    let age = now.saturating_duration_since(self.at).as_secs_f64();
+    self.score * (-age / USAGE_HALF_LIFE.as_secs_f64()).exp2()
+  }
+
+  /// Counts `items` uses at `now`.
+  pub(crate) fn add(&mut self, items: usize, now: Instant) {
+    #[expect(clippy::cast_precision_loss, reason = "batch sizes are small")]
+    let items = items as f64;
+    self.score = self.score(now) + items;
+    self.at = now;
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn usage_halves_every_half_life_and_adds_up() {
+    let start = Instant::now();
+    let mut usage = Usage::new(start);
+    usage.add(8, start);
+    assert!((usage.score(start) - 8.0).abs() < 1e-9);
+    assert!((usage.score(start + USAGE_HALF_LIFE) - 4.0).abs() < 1e-9);
+    usage.add(1, start + USAGE_HALF_LIFE);
+    assert!((usage.score(start + USAGE_HALF_LIFE * 2) - 2.5).abs() < 1e-9);
+  }
+}
