@@ -57,6 +57,32 @@ describe('devices', () => {
     }
   })
 
+  it("marks a GPU worker that cannot start 'failed' when asked, and runs without it", async () => {
+    const pool = await Pool.create({
+      model: TINY_BERT,
+      devices: ['cuda:999', 'cpu'],
+      cpuWorkers: 1,
+      onDeviceFailure: 'unavailable',
+    })
+    try {
+      const [gpu, cpu] = pool.status().workers
+      expect(gpu).toMatchObject({ device: 'cuda:999', state: 'failed', loadedModels: [] })
+      expect(gpu.failure).toMatch(/cuda:999/)
+      expect(cpu).toMatchObject({ device: 'cpu', state: 'idle', loadedModels: ['default'] })
+      const texts = Array.from({ length: 40 }, (_, i) => `text ${i}`)
+      expect(await pool.embed(texts)).toHaveLength(40)
+      expect(pool.status().workers.map((w) => w.items)).toEqual([0, 40])
+    } finally {
+      await pool.close()
+    }
+    // With no worker left, it does not start.
+    const error = await failure(
+      Pool.create({ model: TINY_BERT, devices: ['cuda:999'], onDeviceFailure: 'unavailable' }),
+    )
+    expect(error.code).toBe('DEVICE_UNAVAILABLE')
+    expect(error.message).toMatch(/no worker left.*cuda:999/)
+  })
+
   it('fails to start with DEVICE_UNAVAILABLE by default', async () => {
     const error = await failure(Pool.create({ model: TINY_BERT, devices: ['cuda:999'] }))
     expect(error.code).toBe('DEVICE_UNAVAILABLE')

@@ -161,6 +161,8 @@ export interface BindingPoolOptions {
   maxWaitMs: number
   /** Whether a GPU worker whose session cannot be built runs on the CPU instead. */
   cpuFallback: boolean
+  /** Whether such a worker is marked failed and the pool starts without it. */
+  tolerateDeviceFailures: boolean
   /** A model unused this long on a worker is unloaded there, milliseconds. */
   idleTimeoutMs?: number
   /** Most loads that evict another model, per worker and hour. */
@@ -199,6 +201,8 @@ export interface BindingWorkerStatus {
   provider: string
   /** Why it runs on the CPU although it was given a GPU. */
   fallback?: string
+  /** Why its device could not start (it does no work). */
+  failure?: string
   /** `idle`, `busy`, `loading`, `backing-off`, `failed` or `stopped`. */
   state: string
   /** Models it holds, by index. */

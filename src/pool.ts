@@ -82,6 +82,8 @@ export interface WorkerStatus {
   provider: 'cpu' | 'cuda'
   /** Why a GPU worker runs on the CPU (`onDeviceFailure: 'cpu'`), absent otherwise. */
   fallback?: string
+  /** Why a worker's device could not start (`onDeviceFailure: 'unavailable'`; its state is `'failed'`). */
+  failure?: string
   /**
    * What it is doing now: `'loading'` a model, `'backing-off'` after a failed batch, `'failed'`
    * after `maxAttempts` failed batches in a row (it still retries after each back-off).
@@ -310,9 +312,11 @@ export interface PoolOptions {
    * What a GPU worker does when its session cannot be built (no CUDA provider libraries, no
    * driver, a bad device id): `'fail'` (default for a device list) rejects {@link Pool.create}
    * with `DEVICE_UNAVAILABLE`; `'cpu'` (always, with `devices: 'auto'`) runs that worker on the
-   * CPU instead, and {@link Pool.status} says why in its `fallback`.
+   * CPU instead, and {@link Pool.status} says why in its `fallback`; `'unavailable'` marks that
+   * worker `'failed'` (with the reason in its `failure`) and starts without it, unless a model
+   * is left with no worker.
    */
-  onDeviceFailure?: 'fail' | 'cpu'
+  onDeviceFailure?: 'fail' | 'cpu' | 'unavailable'
   /**
    * Worker threads on the CPU, each with its own ONNX Runtime session. Default: the number of
    * cores, at most 4.
@@ -389,7 +393,7 @@ function workerDevices(
   option: unknown,
   cpuWorkers: number,
   sessionsPerDevice: number,
-  onDeviceFailure: 'fail' | 'cpu',
+  onDeviceFailure: 'fail' | 'cpu' | 'unavailable',
 ): { devices: string[]; cpuFallback: boolean } {
   const fromEnv = process.env.INFERPOOL_DEVICES?.trim()
   let list = fromEnv ? (fromEnv === 'auto' ? 'auto' : fromEnv.split(',').map((d) => d.trim())) : (option ?? ['cpu'])
@@ -625,10 +629,10 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
     const cpuWorkers = positiveInt('cpuWorkers', options.cpuWorkers, Math.min(cores, 4))
     const sessionsPerDevice = positiveInt('sessionsPerDevice', options.sessionsPerDevice, 1)
     const onDeviceFailure = options.onDeviceFailure ?? 'fail'
-    if (onDeviceFailure !== 'fail' && onDeviceFailure !== 'cpu') {
+    if (onDeviceFailure !== 'fail' && onDeviceFailure !== 'cpu' && onDeviceFailure !== 'unavailable') {
       throw new PoolError(
         'INVALID_INPUT',
-        `onDeviceFailure must be "fail" or "cpu", got ${JSON.stringify(onDeviceFailure)}`,
+        `onDeviceFailure must be "fail", "cpu" or "unavailable", got ${JSON.stringify(onDeviceFailure)}`,
       )
     }
     const { devices, cpuFallback } = workerDevices(options.devices, cpuWorkers, sessionsPerDevice, onDeviceFailure)
@@ -697,6 +701,7 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
           maxQueuedItems,
           maxWaitMs,
           cpuFallback,
+          tolerateDeviceFailures: onDeviceFailure === 'unavailable',
           idleTimeoutMs,
           maxSwitchesPerHour,
           switchDelayMs,
@@ -810,6 +815,7 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
       device: w.device,
       provider: w.provider as 'cpu' | 'cuda',
       ...(w.fallback ? { fallback: w.fallback } : {}),
+      ...(w.failure ? { failure: w.failure } : {}),
       state: w.state as WorkerState,
       loadedModels: w.loadedModels.map((m) => names[m]),
       loads: w.loads,

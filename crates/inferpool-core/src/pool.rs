@@ -111,6 +111,10 @@ pub struct PoolConfig {
   /// How long a model's queued work may go unserved, while no worker holds it, before a worker
   /// busy with another model of the same priority switches to it.
   pub switch_delay: Duration,
+  /// A worker whose device fails while it preloads ([`BackendErrorKind::Device`]) is marked
+  /// [`WorkerState::Failed`] and the pool starts without it (instead of failing to start), as
+  /// long as every model keeps a worker.
+  pub tolerate_device_failures: bool,
 }
 
 impl Default for PoolConfig {
@@ -127,6 +131,7 @@ impl Default for PoolConfig {
       idle_timeout: None,
       max_switches_per_hour: None,
       switch_delay: Duration::from_millis(100),
+      tolerate_device_failures: false,
     }
   }
 }
@@ -155,7 +160,8 @@ pub enum WorkerState {
   Loading,
   /// Pausing after a failed batch.
   BackingOff,
-  /// Its batches failed `max_attempts` times in a row; it retries after each back-off.
+  /// Its batches failed `max_attempts` times in a row (it retries after each back-off), or its
+  /// device could not start (it does no work; [`WorkerStats::failure`] says why).
   Failed,
   /// Exited.
   Stopped,
@@ -222,6 +228,8 @@ pub struct WorkerStats {
   pub memory_used: u64,
   /// Its memory budget, bytes (`u64::MAX` = unlimited).
   pub memory_budget: u64,
+  /// Why its device could not start, when it could not.
+  pub failure: Option<String>,
   /// Per model, by index.
   pub models: Vec<WorkerModelStats>,
 }
@@ -340,6 +348,8 @@ struct WorkerShared {
   switches: AtomicU64,
   evictions: AtomicU64,
   memory_used: AtomicU64,
+  /// Why its device could not start.
+  failure: OnceLock<String>,
   models: Box<[WorkerModelShared]>,
 }
 
@@ -579,28 +589,7 @@ impl Pool {
       let (ready, preload) = (ready_tx.clone(), Arc::clone(&preload));
       let spawned =
         std::thread::Builder::new().name(format!("inferpool-worker-{index}")).spawn(move || {
-          let mut worker = WorkerThread::new(index, worker_registry, own);
-          for &model in preload.iter() {
-            let config = &worker.registry.models[model].config;
-            if !config.allows(index) || config.memory > worker.registry.budget(index) {
-              continue;
-            }
-            let registry = Arc::clone(&worker.registry);
-            let claim = Claim::new(&registry.models[model].loading);
-            let loaded = worker.load(model);
-            drop(claim);
-            if let Err(error) = loaded {
-              let _ = ready.send(Err(match error {
-                PoolError::Backend(error) => error,
-                other => BackendError::new(BackendErrorKind::InvalidInput, other.to_string()),
-              }));
-              worker.exit();
-              return;
-            }
-          }
-          let _ = ready.send(Ok(()));
-          drop(ready);
-          worker.run();
+          start_worker(WorkerThread::new(index, worker_registry, own), &preload, &ready);
         });
       match spawned {
         Ok(handle) => {
@@ -617,7 +606,10 @@ impl Pool {
       }
     }
     drop(ready_tx);
-    let failure = ready_rx.iter().take(config.workers).find_map(Result::err);
+    let mut failure = ready_rx.iter().take(config.workers).find_map(Result::err);
+    if failure.is_none() {
+      failure = orphaned_model(&registry);
+    }
     let pool = Self { registry, handles: Mutex::new(handles) };
     if let Some(error) = failure {
       pool.close(CloseMode::Cancel);
@@ -833,6 +825,7 @@ impl Pool {
         evictions: w.evictions.load(Ordering::Relaxed),
         memory_used: w.memory_used.load(Ordering::Relaxed),
         memory_budget: r.budget(index),
+        failure: w.failure.get().cloned(),
         models: w
           .models
           .iter()
@@ -935,6 +928,60 @@ fn validate(config: &PoolConfig, models: &Models) -> Result<(), BackendError> {
     return Err(invalid(format!("no model {bad} to preload")));
   }
   Ok(())
+}
+
+/// A worker thread's life: its preloads (reported on `ready`), then its loop.
+fn start_worker(
+  mut worker: WorkerThread,
+  preload: &[usize],
+  ready: &mpsc::Sender<Result<(), BackendError>>,
+) {
+  let index = worker.index;
+  for &model in preload {
+    let config = &worker.registry.models[model].config;
+    if !config.allows(index) || config.memory > worker.registry.budget(index) {
+      continue;
+    }
+    let registry = Arc::clone(&worker.registry);
+    let claim = Claim::new(&registry.models[model].loading);
+    let loaded = worker.load(model);
+    drop(claim);
+    if let Err(error) = loaded {
+      let error = match error {
+        PoolError::Backend(error) => error,
+        other => BackendError::new(BackendErrorKind::InvalidInput, other.to_string()),
+      };
+      if worker.registry.config.tolerate_device_failures && error.kind == BackendErrorKind::Device {
+        let _ = worker.shared().failure.set(error.message.clone());
+        let _ = ready.send(Ok(()));
+        worker.exit();
+        worker.set_state(WorkerState::Failed);
+      } else {
+        let _ = ready.send(Err(error));
+        worker.exit();
+      }
+      return;
+    }
+  }
+  let _ = ready.send(Ok(()));
+  worker.run();
+}
+
+/// A model left without a worker because the devices of all its workers failed.
+fn orphaned_model(registry: &Registry) -> Option<BackendError> {
+  let failed = |w: usize| registry.workers[w].failure.get();
+  registry.models.iter().find_map(|model| {
+    let mut allowed = (0..registry.workers.len()).filter(|&w| model.config.allows(w)).peekable();
+    allowed.peek()?;
+    let mut reasons = Vec::new();
+    for worker in allowed {
+      reasons.push(format!("worker {worker}: {}", failed(worker)?));
+    }
+    Some(BackendError::new(
+      BackendErrorKind::Device,
+      format!("model {:?} has no worker left: {}", model.config.name, reasons.join("; ")),
+    ))
+  })
 }
 
 /// Fails every item in the injectors with `Closed`.

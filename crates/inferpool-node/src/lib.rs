@@ -124,6 +124,8 @@ pub struct BindingPoolOptions {
   pub max_wait_ms: u32,
   /// Whether a GPU worker whose session cannot be built runs on the CPU instead.
   pub cpu_fallback: bool,
+  /// Whether such a worker is marked failed and the pool starts without it.
+  pub tolerate_device_failures: bool,
   /// A model unused this long on a worker is unloaded there, milliseconds.
   pub idle_timeout_ms: Option<f64>,
   /// Most loads that evict another model, per worker and hour.
@@ -221,6 +223,8 @@ pub struct BindingWorkerStatus {
   pub provider: String,
   /// Why it runs on the CPU although it was given a GPU.
   pub fallback: Option<String>,
+  /// Why its device could not start (it does no work).
+  pub failure: Option<String>,
   /// `idle`, `busy`, `loading`, `backing-off`, `failed` or `stopped`.
   pub state: String,
   /// Models it holds, by index.
@@ -407,6 +411,7 @@ pub async fn create_pool(
         idle_timeout: idle,
         max_switches_per_hour: options.max_switches_per_hour,
         switch_delay: Duration::from_millis(u64::from(options.switch_delay_ms)),
+        tolerate_device_failures: options.tolerate_device_failures,
         ..PoolConfig::default()
       };
       let events = on_event.map(|callback| {
@@ -560,6 +565,7 @@ impl BindingPool {
           device: self.devices.get(id).cloned().unwrap_or_default(),
           provider: self.provider(id).to_owned(),
           fallback: self.fallbacks.get(id).and_then(|f| f.get()).cloned(),
+          failure: w.failure.clone(),
           state: match w.state {
             WorkerState::Idle => "idle",
             WorkerState::Busy => "busy",
