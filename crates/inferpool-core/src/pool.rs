@@ -1423,7 +1423,11 @@ impl WorkerThread {
           self.load_failures[model].1 = Some(Instant::now() + pause);
         }
       }
-      // Workers that stepped back for this claim look again (this one waits out its pause).
+      // Workers that stepped back for this claim look again; this one does when its pause ends
+      // (to retry, or to drop calls answered meanwhile that no worker would meet).
+      if let Some(at) = self.load_failures[model].1 {
+        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+      }
       registry.sleep.notify(Wake::All);
     }
     current.map(|c| c.3)
