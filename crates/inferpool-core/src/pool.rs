@@ -136,6 +136,20 @@ impl Default for PoolConfig {
   }
 }
 
+impl PoolConfig {
+  /// Worker `worker`'s memory budget, bytes (`u64::MAX` = unlimited).
+  fn budget(&self, worker: usize) -> u64 {
+    self.memory_budget.get(worker).copied().unwrap_or(u64::MAX)
+  }
+
+  /// The pause after `failures` consecutive failures (at least 1): `backoff_initial ×
+  /// 2^(failures-1)`, at most `backoff_max`.
+  fn backoff(&self, failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(20);
+    self.backoff_initial.saturating_mul(1 << exponent).min(self.backoff_max)
+  }
+}
+
 /// What `close` does with items still queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseMode {
@@ -454,8 +468,6 @@ struct Registry {
   /// Items (and tokens) accepted and not yet completed, over every model (decremented by
   /// `Queued::drop`).
   outstanding: Arc<Outstanding>,
-  /// Items running now.
-  in_flight: AtomicUsize,
   /// Admission order.
   next_seq: AtomicU64,
   /// Per-worker counters.
@@ -481,10 +493,6 @@ impl Registry {
 
   fn nanos_since_epoch(&self) -> u64 {
     u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
-  }
-
-  fn budget(&self, worker: usize) -> u64 {
-    self.config.memory_budget.get(worker).copied().unwrap_or(u64::MAX)
   }
 
   /// Workers holding `model` now.
@@ -541,7 +549,7 @@ impl Pool {
   pub fn with_models(config: &PoolConfig, models: Models) -> Result<Self, BackendError> {
     validate(config, &models)?;
     let model_count = models.models.len();
-    let mut deques: Vec<Vec<Worker<Queued>>> =
+    let deques: Vec<Vec<Worker<Queued>>> =
       (0..config.workers).map(|_| (0..model_count).map(|_| Worker::new_fifo()).collect()).collect();
     let outstanding = Arc::new(Outstanding::default());
     let registry = Arc::new(Registry {
@@ -572,7 +580,6 @@ impl Pool {
       sleep: Sleep::default(),
       closing: AtomicU8::new(OPEN),
       outstanding,
-      in_flight: AtomicUsize::new(0),
       next_seq: AtomicU64::new(0),
       workers: (0..config.workers).map(|_| WorkerShared::new(model_count)).collect(),
       commands: (0..config.workers).map(|_| Mutex::new(Some(Vec::new()))).collect(),
@@ -584,7 +591,7 @@ impl Pool {
     let preload = Arc::new(models.preload);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), BackendError>>();
     let mut handles = Vec::with_capacity(config.workers);
-    for (index, own) in deques.drain(..).enumerate() {
+    for (index, own) in deques.into_iter().enumerate() {
       let worker_registry = Arc::clone(&registry);
       let (ready, preload) = (ready_tx.clone(), Arc::clone(&preload));
       let spawned =
@@ -824,7 +831,7 @@ impl Pool {
         switches: w.switches.load(Ordering::Relaxed),
         evictions: w.evictions.load(Ordering::Relaxed),
         memory_used: w.memory_used.load(Ordering::Relaxed),
-        memory_budget: r.budget(index),
+        memory_budget: r.config.budget(index),
         failure: w.failure.get().cloned(),
         models: w
           .models
@@ -840,7 +847,7 @@ impl Pool {
           .collect(),
       })
       .collect();
-    let models = r
+    let models: Vec<ModelStats> = r
       .models
       .iter()
       .enumerate()
@@ -863,7 +870,7 @@ impl Pool {
       .collect();
     PoolStats {
       outstanding: r.outstanding.items.load(Ordering::Relaxed),
-      in_flight: r.in_flight.load(Ordering::Relaxed),
+      in_flight: models.iter().map(|m| m.in_flight).sum(),
       workers,
       models,
     }
@@ -909,9 +916,8 @@ fn validate(config: &PoolConfig, models: &Models) -> Result<(), BackendError> {
       models.models.len()
     )));
   }
-  let budget = |w: usize| config.memory_budget.get(w).copied().unwrap_or(u64::MAX);
   for model in &models.models {
-    let fits = (0..config.workers).any(|w| model.allows(w) && model.memory <= budget(w));
+    let fits = (0..config.workers).any(|w| model.allows(w) && model.memory <= config.budget(w));
     if !fits {
       return Err(invalid(format!(
         "model {:?} can load on no worker: it needs {} bytes, and the workers it may use ({}) have less memory budget",
@@ -939,14 +945,10 @@ fn start_worker(
   let index = worker.index;
   for &model in preload {
     let config = &worker.registry.models[model].config;
-    if !config.allows(index) || config.memory > worker.registry.budget(index) {
+    if !config.allows(index) || config.memory > worker.registry.config.budget(index) {
       continue;
     }
-    let registry = Arc::clone(&worker.registry);
-    let claim = Claim::new(&registry.models[model].loading);
-    let loaded = worker.load(model);
-    drop(claim);
-    if let Err(error) = loaded {
+    if let Err(error) = worker.load_claimed(model) {
       let error = match error {
         PoolError::Backend(error) => error,
         other => BackendError::new(BackendErrorKind::InvalidInput, other.to_string()),
@@ -1003,10 +1005,6 @@ struct Slot {
 struct Claim<'a>(&'a AtomicUsize);
 
 impl<'a> Claim<'a> {
-  fn new(loading: &'a AtomicUsize) -> Self {
-    Self::take(loading).0
-  }
-
   /// The claim, and how many other workers held one when it was taken.
   fn take(loading: &'a AtomicUsize) -> (Self, usize) {
     let before = loading.fetch_add(1, Ordering::SeqCst);
@@ -1081,6 +1079,11 @@ impl WorkerThread {
     self.shared().state.store(state as u8, Ordering::Relaxed);
   }
 
+  /// Whether its batches have failed `max_attempts` times in a row.
+  fn failing(&self) -> bool {
+    self.failures >= self.registry.config.max_attempts.max(1)
+  }
+
   fn run(mut self) {
     loop {
       let mode = self.registry.closing();
@@ -1103,11 +1106,7 @@ impl WorkerThread {
       }
       self.set_state(WorkerState::Idle);
       let retry = self.retry_at.map(|at| at.saturating_duration_since(Instant::now()));
-      let wake_in = match (next_idle_check, retry) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-      };
-      match wake_in {
+      match next_idle_check.into_iter().chain(retry).min() {
         Some(wait) => self.registry.sleep.sleep_for(seen, wait),
         None => self.registry.sleep.sleep(seen),
       }
@@ -1139,11 +1138,7 @@ impl WorkerThread {
     for command in commands {
       match command {
         Command::Load { model, done } => {
-          let registry = Arc::clone(&self.registry);
-          let claim = Claim::new(&registry.models[model].loading);
-          let loaded = self.load(model);
-          drop(claim);
-          let _ = done.send(loaded);
+          let _ = done.send(self.load_claimed(model));
         }
         Command::Unload { model, done } => {
           let _ = done.send(self.unload(model, UnloadReason::Requested));
@@ -1179,6 +1174,13 @@ impl WorkerThread {
     self.switches.len() < cap as usize
   }
 
+  /// [`WorkerThread::load`] under a claim of its own (a load that was asked for, not decided).
+  fn load_claimed(&mut self, model: usize) -> Result<(), PoolError> {
+    let registry = Arc::clone(&self.registry);
+    let (_claim, _) = Claim::take(&registry.models[model].loading);
+    self.load(model)
+  }
+
   /// Loads `model` here, evicting what no longer fits (lowest priority first, then lowest usage
   /// score; never a model that outranks it). The caller holds a [`Claim`] on the model while
   /// it loads.
@@ -1190,7 +1192,7 @@ impl WorkerThread {
     let shared = &registry.models[model];
     let (name, need, priority) =
       (&shared.config.name, shared.config.memory, shared.config.priority);
-    let budget = registry.budget(self.index);
+    let budget = registry.config.budget(self.index);
     if need > budget {
       return Err(PoolError::Unavailable(format!(
         "model {name:?} needs {need} bytes, more than worker {}'s memory budget of {budget}",
@@ -1273,11 +1275,9 @@ impl WorkerThread {
         Ok(())
       }
       Err(error) => {
-        let (failures, _) = self.load_failures[model];
-        let exponent = failures.min(20);
-        let config = &registry.config;
-        let pause = config.backoff_initial.saturating_mul(1 << exponent).min(config.backoff_max);
-        self.load_failures[model] = (failures + 1, Some(Instant::now() + pause));
+        let failures = self.load_failures[model].0 + 1;
+        let pause = registry.config.backoff(failures);
+        self.load_failures[model] = (failures, Some(Instant::now() + pause));
         registry.emit(Event::ModelLoadFailed { model, worker: self.index, error: error.clone() });
         Err(PoolError::Backend(error))
       }
@@ -1385,7 +1385,7 @@ impl WorkerThread {
       let shared = &registry.models[model];
       if let Some(at) = self.load_failures[model].1.filter(|&at| instant < at) {
         // A load failed or was refused a moment ago: look again when the pause ends.
-        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+        self.retry_by(at);
         continue;
       }
       let running = current.map(|c| (c.0, c.3));
@@ -1426,11 +1426,16 @@ impl WorkerThread {
       // Workers that stepped back for this claim look again; this one does when its pause ends
       // (to retry, or to drop calls answered meanwhile that no worker would meet).
       if let Some(at) = self.load_failures[model].1 {
-        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+        self.retry_by(at);
       }
       registry.sleep.notify(Wake::All);
     }
     current.map(|c| c.3)
+  }
+
+  /// Makes the worker look at the models again by `at` at the latest.
+  fn retry_by(&mut self, at: Instant) {
+    self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
   }
 
   /// Whether work queued for `model`, which this worker does not hold, justifies loading it
@@ -1442,19 +1447,21 @@ impl WorkerThread {
     let holders = registry.holders(model) + loading;
     let more_than_holders_take =
       shared.queued_items() > registry.config.policy.max_batch_size.max(1) * holders;
-    let Some((priority, running)) = current else {
-      return holders == 0 || more_than_holders_take;
-    };
-    if shared.config.priority > priority {
-      return holders == 0 || more_than_holders_take;
+    match current {
+      // Busy with a model of the same or a higher priority: switch only to a model loaded
+      // nowhere that has waited `switch_delay`, away from a model held at least that long.
+      Some((priority, running)) if shared.config.priority <= priority => {
+        let delay = registry.config.switch_delay;
+        let unserved =
+          registry.nanos_since_epoch().saturating_sub(shared.served_at.load(Ordering::Relaxed));
+        shared.config.priority == priority
+          && holders == 0
+          && Duration::from_nanos(unserved) >= delay
+          && self.slots[running].as_ref().is_some_and(|s| s.loaded_at.elapsed() >= delay)
+      }
+      // Idle, or the model outranks what it runs: load it unless its holders take its work.
+      _ => holders == 0 || more_than_holders_take,
     }
-    let delay = registry.config.switch_delay;
-    let unserved =
-      registry.nanos_since_epoch().saturating_sub(shared.served_at.load(Ordering::Relaxed));
-    shared.config.priority == priority
-      && holders == 0
-      && Duration::from_nanos(unserved) >= delay
-      && self.slots[running].as_ref().is_some_and(|s| s.loaded_at.elapsed() >= delay)
   }
 
   /// This worker's share of `model`'s queued tokens ([`fair_share`]): what it should take so
@@ -1659,7 +1666,6 @@ impl WorkerThread {
     let count = batch.len();
     let padded = batch.iter().map(Queued::len).max().unwrap_or(0) * count;
     let real: usize = batch.iter().map(Queued::len).sum();
-    registry.in_flight.fetch_add(count, Ordering::Relaxed);
     shared_model.in_flight.fetch_add(count, Ordering::Relaxed);
     shared_model.in_flight_tokens.fetch_add(real, Ordering::Relaxed);
     shared_model.served_at.store(registry.nanos_since_epoch(), Ordering::Relaxed);
@@ -1697,13 +1703,12 @@ impl WorkerThread {
     shared
       .busy_nanos
       .fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
-    registry.in_flight.fetch_sub(count, Ordering::Relaxed);
     shared_model.in_flight.fetch_sub(count, Ordering::Relaxed);
     shared_model.in_flight_tokens.fetch_sub(real, Ordering::Relaxed);
     match result {
       Ok(()) => {
         slot.usage.add(count, finished);
-        if self.failures >= registry.config.max_attempts.max(1) {
+        if self.failing() {
           registry.emit(Event::WorkerRecovered { worker: self.index });
         }
         self.failures = 0;
@@ -1820,14 +1825,11 @@ impl WorkerThread {
   /// Pauses after consecutive failures: `backoff_initial × 2^(failures-1)`, at most
   /// `backoff_max`; cut short when the pool closes.
   fn back_off(&self) {
-    let config = &self.registry.config;
-    let exponent = self.failures.saturating_sub(1).min(20);
-    let pause = config.backoff_initial.saturating_mul(1 << exponent).min(config.backoff_max);
+    let pause = self.registry.config.backoff(self.failures);
     if pause.is_zero() {
       return;
     }
-    let failed = self.failures >= config.max_attempts.max(1);
-    self.set_state(if failed { WorkerState::Failed } else { WorkerState::BackingOff });
+    self.set_state(if self.failing() { WorkerState::Failed } else { WorkerState::BackingOff });
     let until = Instant::now() + pause;
     while self.registry.closing() != CANCEL {
       let now = Instant::now();
