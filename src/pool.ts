@@ -4,7 +4,7 @@ import { readdirSync } from 'node:fs'
 import { availableParallelism, totalmem } from 'node:os'
 import { resolve } from 'node:path'
 
-import type { BindingEvent, BindingModelSpec, BindingPool } from './binding.cjs'
+import type { BindingEvent, BindingModelHistograms, BindingModelSpec, BindingPool, BindingStatus } from './binding.cjs'
 import { PoolError, fromNative } from './errors.js'
 import { type Family, type HistogramData, type Labels, exposition, quantile } from './metrics.js'
 import { defaultCacheDir, ensureDefaultModel } from './model.js'
@@ -236,6 +236,15 @@ export interface PoolEvent {
 /** Event names of {@link Pool}. */
 export type PoolEventType =
   'model-loaded' | 'model-unloaded' | 'model-evicted' | 'model-load-failed' | 'worker-failed' | 'worker-recovered'
+
+/** One validated call of {@link Pool.embed}, as it is handed to the native pool. */
+interface Call {
+  /** Model index. */
+  model: number
+  texts: readonly string[]
+  priority: Priority
+  signal: AbortSignal | undefined
+}
 
 /** What a pool keeps of a model. */
 interface ModelEntry {
@@ -806,10 +815,13 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
    * {@link Pool.close} (every worker then reads `stopped`).
    */
   status(): PoolStatus {
-    const native = this.#native.status()
+    return this.#status(this.#native.status(), this.#native.metrics())
+  }
+
+  /** {@link Pool.status} from one native read of the counters and one of the histograms. */
+  #status(native: BindingStatus, histograms: BindingModelHistograms[]): PoolStatus {
     const lifetimeMs = Math.max(performance.now() - this.#started, 1)
     const names = this.#settings.models.map((m) => m.name)
-    const histograms = this.#native.metrics()
     const workers = native.workers.map((w) => ({
       id: w.id,
       device: w.device,
@@ -879,8 +891,8 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
    */
   metrics(): string {
     const native = this.#native.status()
-    const status = this.status()
     const histograms = this.#native.metrics()
+    const status = this.#status(native, histograms)
     const models = this.#settings.models
     const worker = (w: WorkerStatus): Labels => ({ device: w.device, worker: String(w.id) })
     const perWorker = (pick: (w: WorkerStatus) => number) =>
@@ -1154,10 +1166,11 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
     }
     if (signal?.aborted) throw aborted(signal)
     if (texts.length === 0) return []
+    const call: Call = { model, texts, priority, signal }
     if (this.#settings.whenFull === 'reject' || texts.length > this.#settings.maxQueuedItems) {
-      return this.#submit(model, texts, priority, signal, timeoutMs)
+      return this.#submit(call, timeoutMs)
     }
-    const waiting = this.#submitOrWait(model, texts, priority, signal, timeoutMs)
+    const waiting = this.#submitOrWait(call, timeoutMs)
     this.#waiting.add(waiting)
     try {
       return await waiting
@@ -1167,23 +1180,17 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
   }
 
   /** `whenFull: 'wait'`: submits, and on `OVERLOADED` waits for a call to settle and retries. */
-  async #submitOrWait(
-    model: number,
-    texts: readonly string[],
-    priority: Priority,
-    signal: AbortSignal | undefined,
-    timeoutMs: number | undefined,
-  ): Promise<Float32Array[]> {
+  async #submitOrWait(call: Call, timeoutMs: number | undefined): Promise<Float32Array[]> {
     const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs
     while (true) {
       const left = deadline === undefined ? undefined : Math.ceil(deadline - performance.now())
       if (left !== undefined && left <= 0) throw timedOut(timeoutMs as number)
       try {
-        return await this.#submit(model, texts, priority, signal, left)
+        return await this.#submit(call, left)
       } catch (error) {
         if (!(error instanceof PoolError) || error.code !== 'OVERLOADED') throw error
       }
-      await this.#room(signal, deadline, timeoutMs)
+      await this.#room(call.signal, deadline, timeoutMs)
     }
   }
 
@@ -1224,13 +1231,7 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
   }
 
   /** Hands one call to the native pool and waits for its rows. */
-  async #submit(
-    model: number,
-    texts: readonly string[],
-    priority: Priority,
-    signal: AbortSignal | undefined,
-    timeoutMs: number | undefined,
-  ): Promise<Float32Array[]> {
+  async #submit({ model, texts, priority, signal }: Call, timeoutMs: number | undefined): Promise<Float32Array[]> {
     const id = this.#nextId
     this.#nextId = (this.#nextId + 1) % 2 ** 32
     const call = this.#native.embed(model, texts as string[], id, priority, timeoutMs)
