@@ -101,6 +101,12 @@ impl Outstanding {
 impl Drop for Queued {
   fn drop(&mut self) {
     self.outstanding.release(self.len());
+    if std::thread::panicking() {
+      // A worker is unwinding with this item in hand: nothing else will answer it.
+      self.request.fail(crate::PoolError::Internal(
+        "a worker thread panicked while it held this call's texts".to_owned(),
+      ));
+    }
   }
 }
 

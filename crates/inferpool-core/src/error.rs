@@ -24,7 +24,7 @@ pub enum BackendErrorKind {
 /// A failure reported by a [`crate::Backend`] or [`crate::Tokenize`] implementation.
 ///
 /// It is `Clone` so that one failed batch can answer every request waiting on it.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("{message}")]
 pub struct BackendError {
   /// How the pool should treat the failure.
@@ -41,7 +41,7 @@ impl BackendError {
 }
 
 /// Why a request submitted to the [`crate::Pool`] did not produce results.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum PoolError {
   /// The request itself is malformed.
   #[error("invalid input: {0}")]

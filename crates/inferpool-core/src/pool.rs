@@ -41,7 +41,7 @@ use std::{
   collections::VecDeque,
   panic::{AssertUnwindSafe, catch_unwind},
   sync::{
-    Arc, Mutex, OnceLock,
+    Arc, Condvar, Mutex, OnceLock,
     atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
     mpsc,
   },
@@ -61,7 +61,7 @@ use crate::{
   queue::{CLASSES, Queues},
   request::{Reply, Request, SubmitOptions},
   share::{Peer, fair_share},
-  sleep::{Sleep, Wake},
+  sleep::{Round, Sleep, Wake, run_worker},
 };
 
 /// Bulk goes first on every `FAIRNESS_INTERVAL`-th batch, even when interactive work waits, so
@@ -476,6 +476,10 @@ struct Registry {
   commands: Vec<Mutex<Option<Vec<Command>>>>,
   /// Worker threads, to unpark them from a back-off when the pool closes.
   threads: Mutex<Vec<Thread>>,
+  /// Worker threads that have exited (every `close` waits for all of them).
+  exited: Mutex<usize>,
+  /// Signalled when `exited` grows.
+  exited_changed: Condvar,
   factory: ModelFactory,
   events: Option<EventSink>,
   config: PoolConfig,
@@ -498,6 +502,29 @@ impl Registry {
   /// Workers holding `model` now.
   fn holders(&self, model: usize) -> usize {
     self.workers.iter().filter(|w| w.holds(model)).count()
+  }
+
+  /// The workers holding `model` now, one bit each (whom a single wake prefers).
+  fn holder_mask(&self, model: usize) -> u64 {
+    self.workers.iter().enumerate().filter(|(_, w)| w.holds(model)).fold(0, |m, (i, _)| m | 1 << i)
+  }
+
+  /// Why no worker can ever run `model`, if none can: every worker it may use failed, or has
+  /// too little memory budget for it.
+  fn unplaceable(&self, model: usize) -> Option<String> {
+    let shared = &self.models[model];
+    let usable = |w: usize| {
+      shared.config.allows(w)
+        && self.workers[w].failure.get().is_none()
+        && shared.config.memory <= self.config.budget(w)
+    };
+    if (0..self.workers.len()).any(usable) {
+      return None;
+    }
+    Some(format!(
+      "model {:?} can run on no worker: the workers it may use failed or have less memory budget than its {} bytes",
+      shared.config.name, shared.config.memory
+    ))
   }
 
   fn emit(&self, event: Event) {
@@ -577,13 +604,15 @@ impl Pool {
         .collect(),
       epoch: Instant::now(),
       stealers: deques.iter().map(|d| d.iter().map(Worker::stealer).collect()).collect(),
-      sleep: Sleep::default(),
+      sleep: Sleep::new(config.workers),
       closing: AtomicU8::new(OPEN),
       outstanding,
       next_seq: AtomicU64::new(0),
       workers: (0..config.workers).map(|_| WorkerShared::new(model_count)).collect(),
       commands: (0..config.workers).map(|_| Mutex::new(Some(Vec::new()))).collect(),
       threads: Mutex::new(Vec::new()),
+      exited: Mutex::new(0),
+      exited_changed: Condvar::new(),
       factory: models.factory,
       events: models.events,
       config: config.clone(),
@@ -596,6 +625,8 @@ impl Pool {
       let (ready, preload) = (ready_tx.clone(), Arc::clone(&preload));
       let spawned =
         std::thread::Builder::new().name(format!("inferpool-worker-{index}")).spawn(move || {
+          // Runs however the thread ends, a panic included.
+          let _exit = ExitGuard { registry: Arc::clone(&worker_registry), index };
           start_worker(WorkerThread::new(index, worker_registry, own), &preload, &ready);
         });
       match spawned {
@@ -696,6 +727,10 @@ impl Pool {
       request.complete_empty();
       return Ok(ticket);
     }
+    if let Some(reason) = registry.unplaceable(model) {
+      release(registry);
+      return Err(PoolError::Unavailable(reason));
+    }
     let limit = registry.config.max_queued_items;
     if before + texts.len() > limit {
       release(registry);
@@ -737,7 +772,11 @@ impl Pool {
         outstanding: Arc::clone(&shared.outstanding),
       });
     }
-    registry.sleep.notify(if texts.len() > 1 { Wake::All } else { Wake::One });
+    registry.sleep.notify(if texts.len() > 1 {
+      Wake::All
+    } else {
+      Wake::One { prefer: registry.holder_mask(model) }
+    });
     // A close that raced with this submit may have missed these items: settle them here.
     if registry.closing() == CANCEL {
       drain_injectors(registry);
@@ -757,8 +796,13 @@ impl Pool {
     let Some(shared) = registry.models.get(model) else {
       return Err(PoolError::InvalidInput(format!("no model {model}")));
     };
-    let all: Vec<usize> =
-      (0..registry.workers.len()).filter(|&w| shared.config.allows(w)).collect();
+    if let Some(reason) = registry.unplaceable(model) {
+      return Err(PoolError::Unavailable(reason));
+    }
+    let failure = |w: usize| registry.workers[w].failure.get();
+    let all: Vec<usize> = (0..registry.workers.len())
+      .filter(|&w| shared.config.allows(w) && failure(w).is_none())
+      .collect();
     let targets = workers.map_or(all, <[usize]>::to_vec);
     if let Some(&bad) =
       targets.iter().find(|&&w| w >= registry.workers.len() || !shared.config.allows(w))
@@ -766,6 +810,12 @@ impl Pool {
       return Err(PoolError::InvalidInput(format!(
         "model {:?} may not load on worker {bad}",
         shared.config.name
+      )));
+    }
+    if let Some((bad, why)) = targets.iter().find_map(|&w| failure(w).map(|f| (w, f))) {
+      return Err(PoolError::Backend(BackendError::new(
+        BackendErrorKind::Device,
+        format!("worker {bad} is not running: its device failed at start: {why}"),
       )));
     }
     let mut answers = Vec::with_capacity(targets.len());
@@ -793,6 +843,10 @@ impl Pool {
     }
     let mut answers = Vec::new();
     for worker in 0..registry.workers.len() {
+      if registry.workers[worker].failure.get().is_some() {
+        // Its device failed at start: it never held anything.
+        continue;
+      }
       let (done, answer) = mpsc::channel();
       self.command(worker, Command::Unload { model, done })?;
       answers.push(answer);
@@ -877,8 +931,28 @@ impl Pool {
   }
 
   /// Stops admission, drains or cancels what is queued, and joins every worker thread. Calling
-  /// it again is harmless; a cancel after a drain turns the drain into a cancel.
+  /// it again is harmless, also while another call waits; a cancel after a drain turns the
+  /// drain into a cancel, and both calls return once the threads have exited.
   pub fn close(&self, mode: CloseMode) {
+    self.signal_close(mode);
+    let handles = std::mem::take(&mut *lock(&self.handles));
+    for handle in handles {
+      // Workers run backends under `catch_unwind`; a join error would repeat a panic that was
+      // already reported to the callers of that batch.
+      let _ = handle.join();
+    }
+    // Another `close` may be joining the threads: wait until each has stopped.
+    let registry = &self.registry;
+    let started = lock(&registry.threads).len();
+    let mut exited = lock(&registry.exited);
+    while *exited < started {
+      exited =
+        registry.exited_changed.wait(exited).expect("a pool lock was poisoned. This is a bug.");
+    }
+  }
+
+  /// Stops admission and tells every worker to drain or cancel, without waiting.
+  fn signal_close(&self, mode: CloseMode) {
     let registry = &self.registry;
     let target = if mode == CloseMode::Cancel { CANCEL } else { DRAIN };
     registry.closing.fetch_max(target, Ordering::SeqCst);
@@ -889,18 +963,15 @@ impl Pool {
     for thread in lock(&registry.threads).iter() {
       thread.unpark();
     }
-    let handles = std::mem::take(&mut *lock(&self.handles));
-    for handle in handles {
-      // Workers run backends under `catch_unwind`; a join error would repeat a panic that was
-      // already reported to the callers of that batch.
-      let _ = handle.join();
-    }
   }
 }
 
 impl Drop for Pool {
+  /// Cancels what is queued and lets the workers exit on their own: dropping a pool never
+  /// waits for a thread (it may happen on an event loop, during garbage collection). Only
+  /// [`Pool::close`] waits.
   fn drop(&mut self) {
-    self.close(CloseMode::Cancel);
+    self.signal_close(CloseMode::Cancel);
   }
 }
 
@@ -916,7 +987,8 @@ fn validate(config: &PoolConfig, models: &Models) -> Result<(), BackendError> {
       models.models.len()
     )));
   }
-  for model in &models.models {
+  for &index in &models.preload {
+    let Some(model) = models.models.get(index) else { continue };
     let fits = (0..config.workers).any(|w| model.allows(w) && model.memory <= config.budget(w));
     if !fits {
       return Err(invalid(format!(
@@ -956,11 +1028,8 @@ fn start_worker(
       if worker.registry.config.tolerate_device_failures && error.kind == BackendErrorKind::Device {
         let _ = worker.shared().failure.set(error.message.clone());
         let _ = ready.send(Ok(()));
-        worker.exit();
-        worker.set_state(WorkerState::Failed);
       } else {
         let _ = ready.send(Err(error));
-        worker.exit();
       }
       return;
     }
@@ -990,6 +1059,47 @@ fn orphaned_model(registry: &Registry) -> Option<BackendError> {
 fn drain_injectors(registry: &Registry) {
   for model in &registry.models {
     model.queues.drain(|item| item.request.fail(PoolError::Closed));
+  }
+}
+
+/// Ends a worker thread's life however it ends (a panic included): answers the commands still
+/// pending, marks the worker stopped (unless its device failed) and counts it out, so `close`
+/// and the other workers are never left waiting for it.
+struct ExitGuard {
+  registry: Arc<Registry>,
+  index: usize,
+}
+
+impl Drop for ExitGuard {
+  fn drop(&mut self) {
+    let registry = &self.registry;
+    let pending = registry.commands[self.index]
+      .lock()
+      .map_or_else(|poisoned| poisoned.into_inner().take(), |mut c| c.take())
+      .unwrap_or_default();
+    for command in pending {
+      match command {
+        Command::Load { done, .. } => {
+          let _ = done.send(Err(PoolError::Closed));
+        }
+        Command::Unload { done, .. } => {
+          let _ = done.send(false);
+        }
+      }
+    }
+    let worker = &registry.workers[self.index];
+    let state = if worker.failure.get().is_some() || std::thread::panicking() {
+      WorkerState::Failed
+    } else {
+      WorkerState::Stopped
+    };
+    worker.state.store(state as u8, Ordering::Relaxed);
+    worker.loaded.store(0, Ordering::Relaxed);
+    // They may be waiting for the last item or for the close to be noticed.
+    registry.sleep.notify(Wake::All);
+    let mut exited = registry.exited.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    *exited += 1;
+    registry.exited_changed.notify_all();
   }
 }
 
@@ -1047,6 +1157,18 @@ struct WorkerThread {
   out: Vec<f32>,
 }
 
+impl Drop for WorkerThread {
+  /// Whatever its deques still hold when it goes (only after a failure: a normal exit leaves
+  /// them empty) is answered, not lost.
+  fn drop(&mut self) {
+    for deque in &self.deques {
+      while let Some(item) = deque.pop() {
+        item.request.fail(PoolError::Closed);
+      }
+    }
+  }
+}
+
 impl WorkerThread {
   fn new(index: usize, registry: Arc<Registry>, deques: Vec<Worker<Queued>>) -> Self {
     let models = registry.models.len();
@@ -1084,52 +1206,45 @@ impl WorkerThread {
     self.failures >= self.registry.config.max_attempts.max(1)
   }
 
+  /// The worker's loop ([`run_worker`]: the sleep epoch is read before each round). A panic
+  /// outside the backend call (which has its own guard) fails the calls whose texts the worker
+  /// held, counts as a failed batch, and the worker goes on after its back-off.
   fn run(mut self) {
-    loop {
-      let mode = self.registry.closing();
-      if mode == CANCEL {
-        self.cancel_local();
-        drain_injectors(&self.registry);
-        break;
-      }
-      let seen = self.registry.sleep.epoch();
-      self.handle_commands();
-      let next_idle_check = self.unload_idle();
-      if let Some(found) = self.find_work() {
-        self.run_batch(found);
-        continue;
-      }
-      // SeqCst with the reservation in `submit` and the decrement in `Queued::drop`: zero means
-      // every accepted item has been settled and no submit can still add one.
-      if mode == DRAIN && self.registry.outstanding.items.load(Ordering::SeqCst) == 0 {
-        break;
-      }
-      self.set_state(WorkerState::Idle);
-      let retry = self.retry_at.map(|at| at.saturating_duration_since(Instant::now()));
-      match next_idle_check.into_iter().chain(retry).min() {
-        Some(wait) => self.registry.sleep.sleep_for(seen, wait),
-        None => self.registry.sleep.sleep(seen),
-      }
-    }
-    self.exit();
+    let registry = Arc::clone(&self.registry);
+    run_worker(&registry.sleep, self.index, || {
+      catch_unwind(AssertUnwindSafe(|| self.round())).unwrap_or_else(|panic| {
+        let error = BackendError::new(BackendErrorKind::Panic, panic_message(&*panic));
+        self.failures += 1;
+        self.shared().errors.fetch_add(1, Ordering::Relaxed);
+        registry.emit(Event::WorkerFailed { worker: self.index, error });
+        self.back_off();
+        Round::Worked
+      })
+    });
   }
 
-  /// Answers the commands still pending, marks the worker stopped and wakes the others (they
-  /// may be waiting for the last item or for the close to be noticed).
-  fn exit(&mut self) {
-    let pending = lock(&self.registry.commands[self.index]).take().unwrap_or_default();
-    for command in pending {
-      match command {
-        Command::Load { done, .. } => {
-          let _ = done.send(Err(PoolError::Closed));
-        }
-        Command::Unload { done, .. } => {
-          let _ = done.send(false);
-        }
-      }
+  /// One round of the loop: the lifecycle, commands, idle unloads, then a batch if there is one.
+  fn round(&mut self) -> Round {
+    let mode = self.registry.closing();
+    if mode == CANCEL {
+      self.cancel_local();
+      drain_injectors(&self.registry);
+      return Round::Exit;
     }
-    self.set_state(WorkerState::Stopped);
-    self.registry.sleep.notify(Wake::All);
+    self.handle_commands();
+    let next_idle_check = self.unload_idle();
+    if let Some(found) = self.find_work() {
+      self.run_batch(found);
+      return Round::Worked;
+    }
+    // SeqCst with the reservation in `submit` and the decrement in `Queued::drop`: zero means
+    // every accepted item has been settled and no submit can still add one.
+    if mode == DRAIN && self.registry.outstanding.items.load(Ordering::SeqCst) == 0 {
+      return Round::Exit;
+    }
+    self.set_state(WorkerState::Idle);
+    let retry = self.retry_at.map(|at| at.saturating_duration_since(Instant::now()));
+    Round::Idle(next_idle_check.into_iter().chain(retry).min())
   }
 
   fn handle_commands(&mut self) {
@@ -1174,20 +1289,24 @@ impl WorkerThread {
     self.switches.len() < cap as usize
   }
 
-  /// [`WorkerThread::load`] under a claim of its own (a load that was asked for, not decided).
+  /// [`WorkerThread::load`] under a claim of its own (a load that was asked for, not decided:
+  /// it never evicts a model of higher priority).
   fn load_claimed(&mut self, model: usize) -> Result<(), PoolError> {
     let registry = Arc::clone(&self.registry);
     let (_claim, _) = Claim::take(&registry.models[model].loading);
-    self.load(model)
+    self.load(model, false)
   }
 
-  /// Loads `model` here, evicting what no longer fits (lowest priority first, then lowest usage
-  /// score; never a model that outranks it). The caller holds a [`Claim`] on the model while
-  /// it loads.
-  fn load(&mut self, model: usize) -> Result<(), PoolError> {
-    if self.slots[model].is_some() {
-      return Ok(());
-    }
+  /// What `model` would evict here (lowest priority first, then lowest usage score), or why it
+  /// cannot load. A model of higher priority is evicted only `on_demand`, when it has no queued
+  /// work and `model`'s work has waited `switch_delay`: priority decides who waits while the
+  /// devices are contended, it does not keep a model out for good.
+  fn victims(
+    &mut self,
+    model: usize,
+    on_demand: bool,
+    now: Instant,
+  ) -> Result<Vec<usize>, PoolError> {
     let registry = Arc::clone(&self.registry);
     let shared = &registry.models[model];
     let (name, need, priority) =
@@ -1199,46 +1318,51 @@ impl WorkerThread {
         self.index
       )));
     }
-    let now = Instant::now();
     let key = |m: usize| {
       let slot = self.slots[m].as_ref().expect("only loaded models are ranked");
       (registry.models[m].config.priority, slot.usage.score(now))
     };
     let mut held: Vec<usize> = (0..self.slots.len()).filter(|&m| self.slots[m].is_some()).collect();
     held.sort_by(|&a, &b| key(a).partial_cmp(&key(b)).unwrap_or(std::cmp::Ordering::Equal));
+    let waited = Duration::from_nanos(
+      registry.nanos_since_epoch().saturating_sub(shared.served_at.load(Ordering::Relaxed)),
+    );
     let mut used = self.shared().memory_used.load(Ordering::Relaxed);
     let mut victims = Vec::new();
     for victim in held {
       if used.saturating_add(need) <= budget {
         break;
       }
-      if registry.models[victim].config.priority > priority {
-        return Err(PoolError::Unavailable(format!(
-          "model {name:?} fits on worker {} only by evicting {:?}, which has a higher priority",
-          self.index, registry.models[victim].config.name
-        )));
+      let outranking = &registry.models[victim];
+      if outranking.config.priority > priority {
+        let idle = outranking.queued_items() == 0;
+        if !(on_demand && idle && waited >= registry.config.switch_delay) {
+          return Err(PoolError::Unavailable(format!(
+            "model {name:?} fits on worker {} only by evicting {:?}, which has a higher priority{}",
+            self.index,
+            outranking.config.name,
+            if idle { "" } else { " and queued work" },
+          )));
+        }
       }
       victims.push(victim);
-      used -= registry.models[victim].config.memory;
+      used -= outranking.config.memory;
     }
-    if !victims.is_empty() {
-      if !self.may_switch(now) {
-        return Err(PoolError::Unavailable(format!(
-          "worker {} has made its {} model switches this hour",
-          self.index,
-          registry.config.max_switches_per_hour.unwrap_or_default()
-        )));
-      }
-      self.switches.push_back(now);
-      self.shared().switches.fetch_add(1, Ordering::Relaxed);
+    if !victims.is_empty() && !self.may_switch(now) {
+      return Err(PoolError::Unavailable(format!(
+        "worker {} has made its {} model switches this hour",
+        self.index,
+        registry.config.max_switches_per_hour.unwrap_or_default()
+      )));
     }
-    for victim in victims {
-      self.unload(victim, UnloadReason::Evicted { for_model: model });
-    }
+    Ok(victims)
+  }
 
-    self.set_state(WorkerState::Loading);
-    let started = Instant::now();
-    let built = catch_unwind(AssertUnwindSafe(|| (registry.factory)(self.index, model)))
+  /// Builds `model`'s backend on this thread (a panic becomes an error) and checks its width.
+  fn build(&self, model: usize) -> Result<Box<dyn Backend>, BackendError> {
+    let registry = &self.registry;
+    let shared = &registry.models[model];
+    catch_unwind(AssertUnwindSafe(|| (registry.factory)(self.index, model)))
       .unwrap_or_else(|panic| {
         Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic)))
       })
@@ -1251,37 +1375,79 @@ impl WorkerThread {
           Err(BackendError::new(
             BackendErrorKind::Model,
             format!(
-              "model {name:?} gives {width} values per text on worker {}, {expected} elsewhere",
-              self.index
+              "model {:?} gives {width} values per text on worker {}, {expected} elsewhere",
+              shared.config.name, self.index
             ),
           ))
         }
-      });
-    self.set_state(WorkerState::Idle);
-    match built {
+      })
+  }
+
+  /// Makes a built backend of `model` this worker's.
+  fn install(&mut self, model: usize, backend: Box<dyn Backend>, started: Instant) {
+    let registry = Arc::clone(&self.registry);
+    let shared = &registry.models[model];
+    let loaded_at = Instant::now();
+    self.slots[model] =
+      Some(Slot { backend, usage: Usage::new(loaded_at), last_used: loaded_at, loaded_at });
+    let worker = self.shared();
+    worker.loaded.fetch_or(1 << model, Ordering::Relaxed);
+    worker.memory_used.fetch_add(shared.config.memory, Ordering::Relaxed);
+    worker.loads.fetch_add(1, Ordering::Relaxed);
+    shared.loads.fetch_add(1, Ordering::Relaxed);
+    self.load_failures[model] = (0, None);
+    registry.emit(Event::ModelLoaded { model, worker: self.index, took: started.elapsed() });
+    // Workers waiting for this model may now steal from this one.
+    registry.sleep.notify(Wake::All);
+  }
+
+  /// Loads `model` here, evicting what no longer fits ([`WorkerThread::victims`]). The caller
+  /// holds a [`Claim`] on the model while it loads. A load that fails after evicting loads the
+  /// evicted models again, and only a load that succeeds counts as a switch.
+  fn load(&mut self, model: usize, on_demand: bool) -> Result<(), PoolError> {
+    if self.slots[model].is_some() {
+      return Ok(());
+    }
+    let now = Instant::now();
+    let victims = self.victims(model, on_demand, now)?;
+    for &victim in &victims {
+      self.unload(victim, UnloadReason::Evicted { for_model: model });
+    }
+    self.set_state(WorkerState::Loading);
+    let started = Instant::now();
+    let built = self.build(model);
+    let built = match built {
       Ok(backend) => {
-        let loaded_at = Instant::now();
-        self.slots[model] =
-          Some(Slot { backend, usage: Usage::new(loaded_at), last_used: loaded_at, loaded_at });
-        let worker = self.shared();
-        worker.loaded.fetch_or(1 << model, Ordering::Relaxed);
-        worker.memory_used.fetch_add(need, Ordering::Relaxed);
-        worker.loads.fetch_add(1, Ordering::Relaxed);
-        shared.loads.fetch_add(1, Ordering::Relaxed);
-        self.load_failures[model] = (0, None);
-        registry.emit(Event::ModelLoaded { model, worker: self.index, took: started.elapsed() });
-        // Workers waiting for this model may now steal from this one.
-        registry.sleep.notify(Wake::All);
+        self.install(model, backend, started);
         Ok(())
       }
       Err(error) => {
         let failures = self.load_failures[model].0 + 1;
-        let pause = registry.config.backoff(failures);
+        let pause = self.registry.config.backoff(failures);
         self.load_failures[model] = (failures, Some(Instant::now() + pause));
-        registry.emit(Event::ModelLoadFailed { model, worker: self.index, error: error.clone() });
+        self.registry.emit(Event::ModelLoadFailed {
+          model,
+          worker: self.index,
+          error: error.clone(),
+        });
+        // Put back what was evicted for it, so the worker is not left with neither.
+        for &victim in &victims {
+          let again = Instant::now();
+          if let Ok(backend) = self.build(victim) {
+            self.install(victim, backend, again);
+          }
+        }
         Err(PoolError::Backend(error))
       }
+    };
+    self.set_state(WorkerState::Idle);
+    if built.is_ok() && !victims.is_empty() {
+      if self.registry.config.max_switches_per_hour.is_some() {
+        self.switches.push_back(now);
+      }
+      self.shared().switches.fetch_add(1, Ordering::Relaxed);
     }
+    built
   }
 
   /// Unloads `model` here, handing its items in this worker's deque back to the injectors.
@@ -1408,7 +1574,7 @@ impl WorkerThread {
           continue;
         }
       }
-      let loaded = self.load(model);
+      let loaded = self.load(model, true);
       drop(claim);
       match loaded {
         Ok(()) => return Some(model),
@@ -1574,7 +1740,8 @@ impl WorkerThread {
           for item in candidates {
             self.deques[model].push(item);
           }
-          self.registry.sleep.sleep_for(seen, policy.max_wait.saturating_sub(waited));
+          let wait = policy.max_wait.saturating_sub(waited);
+          self.registry.sleep.sleep(self.index, seen, Some(wait));
           continue;
         }
       }
@@ -1587,8 +1754,9 @@ impl WorkerThread {
         self.deques[model].push(item);
       }
       if !self.deques[model].is_empty() || !self.registry.models[model].queues.is_empty() {
-        // Work is left: let an idle worker have it.
-        self.registry.sleep.notify(Wake::One);
+        // Work is left: let an idle worker that holds the model have it.
+        let prefer = self.registry.holder_mask(model) & !(1 << self.index);
+        self.registry.sleep.notify(Wake::One { prefer });
       }
       return Some((selection.batch, selection.budget_bound && adaptive_bound));
     }

@@ -357,7 +357,7 @@ fn a_model_too_large_for_every_worker_is_refused_at_start() {
     Models {
       models: vec![ModelConfig { memory: 101, ..ModelConfig::new("big", Arc::new(SimTokenizer)) }],
       factory: Box::new(|_, _| Ok(Box::new(SimBackend::default()))),
-      preload: Vec::new(),
+      preload: vec![0],
       events: None,
     },
   )

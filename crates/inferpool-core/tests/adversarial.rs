@@ -1,0 +1,314 @@
+//! Regression tests for ways a multi-model pool could leave a call pending forever, lose work
+//! or block its caller: each scenario once hung or misbehaved.
+
+mod common;
+
+use std::{
+  sync::{Arc, Mutex, mpsc},
+  thread,
+  time::{Duration, Instant},
+};
+
+use inferpool_core::{
+  BackendError, BackendErrorKind, CloseMode, Event, ModelConfig, Models, Pool, PoolConfig,
+  PoolError, SubmitOptions,
+  sim::{SimBackend, SimTokenizer, expected_row},
+};
+
+type Outcome = Result<Vec<f32>, PoolError>;
+type Log = Arc<Mutex<Vec<Event>>>;
+
+/// How the tests' factory builds model `model` for worker `worker`.
+type Build = Arc<dyn Fn(usize, usize) -> Result<SimBackend, BackendError> + Send + Sync>;
+
+struct Spec {
+  name: &'static str,
+  memory: u64,
+  priority: i32,
+  workers: Option<Vec<usize>>,
+}
+
+fn spec(name: &'static str, memory: u64, priority: i32) -> Spec {
+  Spec { name, memory, priority, workers: None }
+}
+
+fn config(workers: usize, budget: u64) -> PoolConfig {
+  PoolConfig {
+    workers,
+    memory_budget: vec![budget; workers],
+    backoff_initial: Duration::from_millis(1),
+    backoff_max: Duration::from_millis(20),
+    switch_delay: Duration::from_millis(5),
+    ..PoolConfig::default()
+  }
+}
+
+fn sim(per_token: Duration) -> Build {
+  Arc::new(move |_, _| Ok(SimBackend { dimension: 4, per_token, ..SimBackend::default() }))
+}
+
+fn start(
+  config: &PoolConfig,
+  specs: Vec<Spec>,
+  preload: Vec<usize>,
+  build: Build,
+) -> Result<(Pool, Log), BackendError> {
+  let log: Log = Arc::default();
+  let sink = Arc::clone(&log);
+  let models = specs
+    .into_iter()
+    .map(|s| ModelConfig {
+      priority: s.priority,
+      memory: s.memory,
+      workers: s.workers,
+      ..ModelConfig::new(s.name, Arc::new(SimTokenizer))
+    })
+    .collect();
+  let pool = Pool::with_models(
+    config,
+    Models {
+      models,
+      factory: Box::new(move |worker, model| {
+        build(worker, model).map(|b| Box::new(b) as Box<dyn inferpool_core::Backend>)
+      }),
+      preload,
+      events: Some(Arc::new(move |event| sink.lock().unwrap().push(event))),
+    },
+  )?;
+  Ok((pool, log))
+}
+
+fn submit(
+  pool: &Pool,
+  model: usize,
+  texts: &[String],
+  deadline: Duration,
+) -> mpsc::Receiver<Outcome> {
+  let (tx, rx) = mpsc::channel();
+  let options =
+    SubmitOptions { deadline: Some(Instant::now() + deadline), ..SubmitOptions::default() };
+  pool
+    .submit_to(model, texts, options, Box::new(move |r| tx.send(r).expect("receiver alive")))
+    .expect("submitted");
+  rx
+}
+
+/// Embeds and waits; the deadline makes a stranded call fail with `Timeout` instead of hanging.
+fn embed(pool: &Pool, model: usize, texts: &[String]) -> Outcome {
+  submit(pool, model, texts, Duration::from_secs(3))
+    .recv_timeout(Duration::from_secs(10))
+    .expect("answered")
+}
+
+fn texts(prefix: &str, count: usize) -> Vec<String> {
+  (0..count).map(|i| format!("{prefix} {i}")).collect()
+}
+
+fn expected(texts: &[String]) -> Vec<f32> {
+  texts.iter().flat_map(|t| expected_row(t, 4)).collect()
+}
+
+/// A single-text call wakes one sleeping worker. When only some workers hold the model, that
+/// wake must reach one of them: a worker without it leaves the work to the holders (it would
+/// load a second copy for one text) and goes back to sleep.
+#[test]
+fn single_calls_for_a_model_held_by_one_worker_all_finish() {
+  for (workers, holder) in [(2, 0), (2, 1), (4, 2)] {
+    let (pool, _) = start(
+      &config(workers, u64::MAX),
+      vec![spec("a", 1, 0), spec("b", 1, 0)],
+      vec![0],
+      sim(Duration::ZERO),
+    )
+    .unwrap();
+    pool.preload(1, Some(&[holder])).unwrap();
+    for i in 0..40 {
+      let batch = texts(&format!("b{i}"), 1);
+      let result = embed(&pool, 1, &batch);
+      assert_eq!(result, Ok(expected(&batch)), "call {i} ({workers} workers, holder {holder})");
+    }
+    assert_eq!(pool.stats().models[1].loaded_on, vec![holder], "no second copy was needed");
+  }
+}
+
+/// One model fits per worker, the higher-priority one is loaded everywhere and idle: a call for
+/// the lower-priority one is served (a worker switches after `switch_delay`), and the
+/// higher-priority model takes its place back when its own work comes.
+#[test]
+fn priority_decides_who_waits_but_does_not_exclude_a_model() {
+  let (pool, log) = start(
+    &config(2, 100),
+    vec![spec("hi", 100, 1), spec("lo", 100, 0)],
+    vec![0],
+    sim(Duration::ZERO),
+  )
+  .unwrap();
+  assert_eq!(pool.stats().models[0].loaded_on, vec![0, 1]);
+  let batch = texts("lo", 3);
+  assert_eq!(embed(&pool, 1, &batch), Ok(expected(&batch)));
+  let batch = texts("hi", 5);
+  assert_eq!(embed(&pool, 0, &batch), Ok(expected(&batch)));
+  let evictions = log
+    .lock()
+    .unwrap()
+    .iter()
+    .filter(|e| matches!(e, Event::ModelUnloaded { model: 0, .. }))
+    .count();
+  assert!(evictions >= 1, "\"hi\" was never evicted for \"lo\"");
+  // An explicit preload still never evicts a model of higher priority.
+  pool.unload(1).unwrap();
+  pool.preload(0, None).unwrap();
+  let error = pool.preload(1, Some(&[0])).unwrap_err();
+  assert!(matches!(&error, PoolError::Unavailable(m) if m.contains("higher priority")), "{error}");
+}
+
+/// While the higher-priority model has queued work, the lower one waits (and its deadline
+/// still applies); once that work is done, it runs.
+#[test]
+fn a_lower_priority_call_waits_while_higher_priority_work_is_queued() {
+  let (pool, _) = start(
+    &config(1, 100),
+    vec![spec("hi", 100, 1), spec("lo", 100, 0)],
+    vec![0],
+    sim(Duration::from_micros(200)),
+  )
+  .unwrap();
+  let hi: Vec<_> = (0..8)
+    .map(|i| {
+      submit(&pool, 0, &texts(&format!("hi {i} with some length"), 16), Duration::from_secs(20))
+    })
+    .collect();
+  let lo = submit(&pool, 1, &texts("lo", 1), Duration::from_secs(20));
+  for rx in hi {
+    rx.recv_timeout(Duration::from_secs(20)).unwrap().unwrap();
+  }
+  assert_eq!(lo.recv_timeout(Duration::from_secs(20)).unwrap(), Ok(expected(&texts("lo", 1))));
+}
+
+/// A model no worker can ever hold (larger than every budget it may use) fails its calls at
+/// once with `Unavailable` (the pool starts, since it does not preload it); a preloaded one
+/// fails the start.
+#[test]
+fn a_model_no_worker_can_hold_fails_its_calls_at_once() {
+  let (pool, _) = start(
+    &config(2, 100),
+    vec![spec("a", 100, 0), spec("huge", 1000, 0)],
+    vec![0],
+    sim(Duration::ZERO),
+  )
+  .unwrap();
+  let started = Instant::now();
+  let (tx, _rx) = mpsc::channel::<Outcome>();
+  let error = pool
+    .submit_to(1, &texts("x", 1), SubmitOptions::default(), Box::new(move |r| tx.send(r).unwrap()))
+    .unwrap_err();
+  assert!(matches!(&error, PoolError::Unavailable(m) if m.contains("\"huge\"")), "{error}");
+  assert!(started.elapsed() < Duration::from_secs(1));
+  assert!(matches!(pool.preload(1, None), Err(PoolError::Unavailable(_))));
+  assert_eq!(embed(&pool, 0, &texts("a", 2)), Ok(expected(&texts("a", 2))));
+  let refused = start(
+    &config(2, 100),
+    vec![spec("a", 100, 0), spec("huge", 1000, 0)],
+    vec![0, 1],
+    sim(Duration::ZERO),
+  )
+  .unwrap_err();
+  assert!(refused.message.contains("\"huge\" can load on no worker"), "{}", refused.message);
+}
+
+/// A load that fails after it evicted another model loads the evicted one again, and is not
+/// counted as a switch.
+#[test]
+fn a_failed_load_puts_back_what_it_evicted() {
+  let build: Build = Arc::new(|_, model| {
+    if model == 1 {
+      Err(BackendError::new(BackendErrorKind::Model, "broken weights"))
+    } else {
+      Ok(SimBackend { dimension: 4, ..SimBackend::default() })
+    }
+  });
+  let (pool, _) =
+    start(&config(1, 100), vec![spec("a", 100, 0), spec("broken", 100, 0)], vec![0], build)
+      .unwrap();
+  let error = embed(&pool, 1, &texts("x", 1)).unwrap_err();
+  assert!(
+    matches!(&error, PoolError::Backend(e) if e.message.contains("broken weights")),
+    "{error}"
+  );
+  let stats = pool.stats();
+  assert_eq!(stats.models[0].loaded_on, vec![0], "the evicted model is back");
+  assert_eq!(stats.workers[0].switches, 0);
+  assert_eq!(stats.workers[0].memory_used, 100);
+  assert_eq!(embed(&pool, 0, &texts("a", 1)), Ok(expected(&texts("a", 1))));
+}
+
+/// With a worker whose device failed at start, preload and unload still work on the others.
+#[test]
+fn preload_and_unload_skip_a_worker_whose_device_failed() {
+  let build: Build = Arc::new(|worker, _| {
+    if worker == 1 {
+      Err(BackendError::new(BackendErrorKind::Device, "no such GPU"))
+    } else {
+      Ok(SimBackend { dimension: 4, ..SimBackend::default() })
+    }
+  });
+  let mut config = config(2, u64::MAX);
+  config.tolerate_device_failures = true;
+  let (pool, _) = start(&config, vec![spec("a", 1, 0), spec("b", 1, 0)], vec![0], build).unwrap();
+  pool.preload(1, None).unwrap();
+  assert_eq!(pool.stats().models[1].loaded_on, vec![0]);
+  let error = pool.preload(1, Some(&[1])).unwrap_err();
+  assert!(matches!(&error, PoolError::Backend(e) if e.message.contains("no such GPU")), "{error}");
+  assert_eq!(pool.unload(1).unwrap(), 1);
+  assert_eq!(embed(&pool, 1, &texts("b", 2)), Ok(expected(&texts("b", 2))));
+}
+
+/// Dropping a pool that was not closed cancels its work but never waits for a worker thread
+/// (it may be dropped on an event loop).
+#[test]
+fn dropping_a_pool_does_not_wait_for_its_threads() {
+  let (pool, _) =
+    start(&config(1, u64::MAX), vec![spec("a", 1, 0)], vec![0], sim(Duration::from_millis(20)))
+      .unwrap();
+  let running =
+    submit(&pool, 0, &texts("a long text for a slow batch", 1), Duration::from_secs(30));
+  let queued = submit(&pool, 0, &texts("queued", 4), Duration::from_secs(30));
+  thread::sleep(Duration::from_millis(50));
+  let dropped = Instant::now();
+  drop(pool);
+  assert!(dropped.elapsed() < Duration::from_millis(200), "drop took {:?}", dropped.elapsed());
+  assert!(running.recv_timeout(Duration::from_secs(10)).is_ok());
+  assert_eq!(queued.recv_timeout(Duration::from_secs(10)).unwrap(), Err(PoolError::Closed));
+}
+
+/// A cancel after a drain turns it into a cancel: both `close` calls return once every thread
+/// has exited, long before the queued work would have run.
+#[test]
+fn a_cancel_escalates_a_drain_and_both_closes_return() {
+  let (pool, _) =
+    start(&config(2, u64::MAX), vec![spec("a", 1, 0)], vec![0], sim(Duration::from_millis(2)))
+      .unwrap();
+  let pool = Arc::new(pool);
+  let work: Vec<_> = (0..20)
+    .map(|i| submit(&pool, 0, &texts(&format!("work {i} ..........."), 8), Duration::from_secs(60)))
+    .collect();
+  let draining = {
+    let pool = Arc::clone(&pool);
+    thread::spawn(move || pool.close(CloseMode::Drain))
+  };
+  thread::sleep(Duration::from_millis(30));
+  let cancelled = Instant::now();
+  pool.close(CloseMode::Cancel);
+  draining.join().unwrap();
+  assert!(
+    cancelled.elapsed() < Duration::from_secs(2),
+    "the cancel took {:?}",
+    cancelled.elapsed()
+  );
+  let closed = work
+    .into_iter()
+    .filter(|rx| rx.recv_timeout(Duration::from_secs(5)).unwrap() == Err(PoolError::Closed))
+    .count();
+  assert!(closed > 0, "every call had run: the test did not exercise the escalation");
+  assert!(pool.stats().workers.iter().all(|w| w.state == inferpool_core::WorkerState::Stopped));
+}
