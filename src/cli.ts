@@ -5,7 +5,7 @@ import { once } from 'node:events'
 import type { Writable } from 'node:stream'
 import { text as readAll } from 'node:stream/consumers'
 
-import { SingleBar } from 'cli-progress'
+import { MultiBar } from 'cli-progress'
 import { Command, InvalidArgumentError } from 'commander'
 
 import { chunkText } from './chunk.js'
@@ -45,16 +45,19 @@ async function embedCommand(files: string[], opts: EmbedOptions): Promise<void> 
     cpuWorkers: opts.cpuWorkers,
   })
   const out: Writable = opts.out ? createWriteStream(opts.out) : process.stdout
-  const bar =
+  // A multi-bar container with one bar: it draws on the current line and ends it with a newline
+  // when stopped, where a single bar restores the cursor it saved at the start, which puts the
+  // next line over whatever was written meanwhile.
+  const bars =
     opts.progress && process.stderr.isTTY
-      ? new SingleBar({
+      ? new MultiBar({
           stream: process.stderr,
           format: 'embedding [{bar}] {value}/{total} chunks | {speed} items/s | ETA {eta_formatted}',
           etaBuffer: 200,
         })
       : undefined
   const started = performance.now()
-  bar?.start(items.length, 0, { speed: '0' })
+  const bar = bars?.create(items.length, 0, { speed: '0' })
   try {
     // The stream keeps 512 texts in flight (batched across its calls) and yields in input order.
     let lines = ''
@@ -73,7 +76,7 @@ async function embedCommand(files: string[], opts: EmbedOptions): Promise<void> 
       }
     }
   } finally {
-    bar?.stop()
+    bars?.stop()
     await pool.close()
     if (out !== process.stdout) {
       out.end()
