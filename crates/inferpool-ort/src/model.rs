@@ -3,11 +3,27 @@
 //! A model is a Hugging Face style folder (`tokenizer.json`, optional `config.json` and
 //! `tokenizer_config.json`, and an ONNX file as `model.onnx`, `onnx/model.onnx` or the first
 //! `onnx/*.onnx`), or a path to the ONNX file itself inside such a folder.
+//!
+//! The JSON files are read whole, so each is read only when it is a regular file (symlinks are
+//! followed) no larger than its limit ([`TOKENIZER_JSON_LIMIT`], [`CONFIG_JSON_LIMIT`]): a
+//! `config.json` that links to `/dev/zero` or a FIFO is a [`BackendErrorKind::Model`] error, not
+//! a read that never ends.
 
-use std::path::{Path, PathBuf};
+use std::{
+  fs::{File, Metadata},
+  io::Read,
+  path::{Path, PathBuf},
+};
 
 use inferpool_core::{BackendError, BackendErrorKind, Tokenize, TokenizedText};
 use tokenizers::{Tokenizer, TruncationParams};
+
+/// Most bytes read from `tokenizer.json`. The largest published tokenizers (multilingual
+/// vocabularies of 250,000 tokens) take about 17 MB.
+pub const TOKENIZER_JSON_LIMIT: u64 = 64 << 20;
+
+/// Most bytes read from `config.json` or `tokenizer_config.json`: a few kB in practice.
+pub const CONFIG_JSON_LIMIT: u64 = 1 << 20;
 
 /// Where a model's files are.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,8 +89,9 @@ impl ModelFiles {
       (path.to_path_buf(), onnx)
     };
     let tokenizer = dir.join("tokenizer.json");
-    if !tokenizer.is_file() {
-      return Err(model_error(format!("no tokenizer.json in {}", dir.display())));
+    match std::fs::metadata(&tokenizer) {
+      Ok(meta) => check_model_file(&tokenizer, &meta, TOKENIZER_JSON_LIMIT)?,
+      Err(_) => return Err(model_error(format!("no tokenizer.json in {}", dir.display()))),
     }
     Ok(Self { dir, onnx, tokenizer })
   }
@@ -104,11 +121,97 @@ impl ModelFiles {
   }
 }
 
-/// Reads `key` as an unsigned integer from the JSON file at `path`, if both exist.
-fn json_usize(path: &Path, key: &str) -> Option<usize> {
-  let text = std::fs::read_to_string(path).ok()?;
-  let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-  value.get(key)?.as_u64().and_then(|v| usize::try_from(v).ok())
+/// What a file that is not a regular file is, for error messages.
+fn kind_of(meta: &Metadata) -> &'static str {
+  let kind = meta.file_type();
+  if kind.is_dir() {
+    return "a directory";
+  }
+  #[cfg(unix)]
+  {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_char_device() {
+      return "a character device";
+    }
+    if kind.is_block_device() {
+      return "a block device";
+    }
+    if kind.is_fifo() {
+      return "a FIFO";
+    }
+    if kind.is_socket() {
+      return "a socket";
+    }
+  }
+  "not a regular file"
+}
+
+/// `limit` in words: "64 MiB", "1 MiB", else bytes.
+fn describe_limit(limit: u64) -> String {
+  if limit >= 1 << 20 && limit.is_multiple_of(1 << 20) {
+    format!("{} MiB", limit >> 20)
+  } else {
+    format!("{limit} bytes")
+  }
+}
+
+/// Fails unless `meta` (of `path`, symlinks followed) is a regular file of at most `limit` bytes.
+fn check_model_file(path: &Path, meta: &Metadata, limit: u64) -> Result<(), BackendError> {
+  if !meta.is_file() {
+    return Err(model_error(format!(
+      "{} is {}; a model file must be a regular file",
+      path.display(),
+      kind_of(meta)
+    )));
+  }
+  if meta.len() > limit {
+    return Err(model_error(format!(
+      "{} is {} bytes, more than the {} limit for this file",
+      path.display(),
+      meta.len(),
+      describe_limit(limit)
+    )));
+  }
+  Ok(())
+}
+
+/// Reads the model file at `path` whole: `Ok(None)` when there is nothing at `path`, an error of
+/// kind [`BackendErrorKind::Model`] when it is not a regular file (after following symlinks), is
+/// larger than `limit` bytes, or cannot be read.
+///
+/// The type is checked before the file is opened (opening a FIFO would block), and again on the
+/// opened file, whose read is capped at `limit + 1` bytes: a file swapped or grown in between
+/// is caught too.
+fn read_model_file(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, BackendError> {
+  let unreadable = |e: std::io::Error| model_error(format!("cannot read {}: {e}", path.display()));
+  let meta = match std::fs::metadata(path) {
+    Ok(meta) => meta,
+    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    Err(e) => return Err(unreadable(e)),
+  };
+  check_model_file(path, &meta, limit)?;
+  let file = File::open(path).map_err(unreadable)?;
+  let meta = file.metadata().map_err(unreadable)?;
+  check_model_file(path, &meta, limit)?;
+  let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+  file.take(limit + 1).read_to_end(&mut bytes).map_err(unreadable)?;
+  if bytes.len() as u64 > limit {
+    return Err(model_error(format!(
+      "{} grew past the {} limit for this file while it was read",
+      path.display(),
+      describe_limit(limit)
+    )));
+  }
+  Ok(Some(bytes))
+}
+
+/// Reads `key` as an unsigned integer from the JSON config file at `path`. `Ok(None)` when the
+/// file is absent, is not JSON or lacks the key (such files are optional hints); an error when
+/// it exists but is not a regular file of at most [`CONFIG_JSON_LIMIT`] bytes.
+fn json_usize(path: &Path, key: &str) -> Result<Option<usize>, BackendError> {
+  let Some(bytes) = read_model_file(path, CONFIG_JSON_LIMIT)? else { return Ok(None) };
+  let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return Ok(None) };
+  Ok(value.get(key).and_then(serde_json::Value::as_u64).and_then(|v| usize::try_from(v).ok()))
 }
 
 /// A model's tokenizer, configured for batching: no padding (batches are padded to their longest
@@ -129,13 +232,18 @@ impl EmbeddingModel {
   pub fn load(files: ModelFiles, max_length: Option<usize>) -> Result<Self, BackendError> {
     // Batches already run on several threads; the tokenizer's own pool would fight them.
     tokenizers::utils::parallelism::set_parallelism(false);
-    let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
+    let bytes = read_model_file(&files.tokenizer, TOKENIZER_JSON_LIMIT)?
+      .ok_or_else(|| model_error(format!("no tokenizer.json in {}", files.dir.display())))?;
+    let mut tokenizer = Tokenizer::from_bytes(&bytes)
       .map_err(|e| model_error(format!("cannot read {}: {e}", files.tokenizer.display())))?;
-    let positions = json_usize(&files.dir.join("config.json"), "max_position_embeddings");
-    let configured = tokenizer.get_truncation().map(|t| t.max_length).or_else(|| {
-      json_usize(&files.dir.join("tokenizer_config.json"), "model_max_length")
-        .filter(|&n| n <= 1 << 20)
-    });
+    drop(bytes);
+    let positions = json_usize(&files.dir.join("config.json"), "max_position_embeddings")?;
+    let model_max_length =
+      json_usize(&files.dir.join("tokenizer_config.json"), "model_max_length")?;
+    let configured = tokenizer
+      .get_truncation()
+      .map(|t| t.max_length)
+      .or_else(|| model_max_length.filter(|&n| n <= 1 << 20));
     let mut max_length = max_length.or(configured).unwrap_or(512);
     if let Some(positions) = positions {
       max_length = max_length.min(positions);
@@ -163,5 +271,133 @@ impl Tokenize for EmbeddingModel {
         .map(|e| TokenizedText { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() })
         .collect(),
     )
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use std::sync::atomic::{AtomicUsize, Ordering};
+
+  use super::*;
+
+  /// A model folder with a small `WordPiece` `tokenizer.json` and a `config.json`, removed on drop.
+  struct Folder(PathBuf);
+
+  impl Folder {
+    fn new() -> Self {
+      static NEXT: AtomicUsize = AtomicUsize::new(0);
+      let dir = std::env::temp_dir().join(format!(
+        "inferpool-ort-model-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+      ));
+      std::fs::create_dir_all(&dir).unwrap();
+      let tokenizer = serde_json::json!({
+        "version": "1.0",
+        "pre_tokenizer": { "type": "BertPreTokenizer" },
+        "model": {
+          "type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+          "max_input_chars_per_word": 100, "vocab": { "[UNK]": 0, "a": 1 }
+        }
+      });
+      std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+      std::fs::write(dir.join("config.json"), r#"{"max_position_embeddings": 64}"#).unwrap();
+      std::fs::write(dir.join("model.onnx"), b"").unwrap();
+      Self(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+      self.0.join(name)
+    }
+
+    fn load(&self) -> Result<EmbeddingModel, BackendError> {
+      EmbeddingModel::load(ModelFiles::resolve(&self.0)?, None)
+    }
+
+    /// Replaces `name` with a file of `len` bytes (sparse: nothing is written).
+    fn sized(&self, name: &str, len: u64) {
+      let file = File::create(self.path(name)).unwrap();
+      file.set_len(len).unwrap();
+    }
+  }
+
+  impl Drop for Folder {
+    fn drop(&mut self) {
+      let _ = std::fs::remove_dir_all(&self.0);
+    }
+  }
+
+  fn model_failure(result: Result<EmbeddingModel, BackendError>) -> String {
+    let error = result.expect_err("the model must not load");
+    assert_eq!(error.kind, BackendErrorKind::Model, "{error}");
+    error.message
+  }
+
+  #[cfg(unix)]
+  #[test]
+  fn a_link_to_a_device_is_refused_without_reading_it() {
+    for name in ["config.json", "tokenizer_config.json", "tokenizer.json"] {
+      let folder = Folder::new();
+      let _ = std::fs::remove_file(folder.path(name));
+      std::os::unix::fs::symlink("/dev/zero", folder.path(name)).unwrap();
+      let message = model_failure(folder.load());
+      assert!(message.contains(name), "{message}");
+      assert!(message.contains("is a character device"), "{message}");
+      assert!(message.contains("must be a regular file"), "{message}");
+    }
+  }
+
+  #[test]
+  fn a_directory_is_refused_a_link_to_a_regular_file_followed() {
+    let folder = Folder::new();
+    assert_eq!(folder.load().unwrap().max_length, 64);
+    std::fs::remove_file(folder.path("config.json")).unwrap();
+    std::fs::create_dir(folder.path("config.json")).unwrap();
+    let message = model_failure(folder.load());
+    assert!(message.contains("config.json is a directory"), "{message}");
+
+    std::fs::remove_dir(folder.path("config.json")).unwrap();
+    #[cfg(unix)]
+    {
+      let elsewhere = Folder::new();
+      std::fs::write(elsewhere.path("config.json"), r#"{"max_position_embeddings": 16}"#).unwrap();
+      std::os::unix::fs::symlink(elsewhere.path("config.json"), folder.path("config.json"))
+        .unwrap();
+      assert_eq!(folder.load().unwrap().max_length, 16);
+      std::fs::remove_file(folder.path("config.json")).unwrap();
+    }
+    // Config files are optional, and one that is not JSON is ignored, as before.
+    std::fs::write(folder.path("tokenizer_config.json"), "not json").unwrap();
+    assert_eq!(folder.load().unwrap().max_length, 512);
+  }
+
+  #[test]
+  fn files_over_their_limit_are_refused() {
+    let folder = Folder::new();
+    folder.sized("config.json", CONFIG_JSON_LIMIT + 1);
+    let message = model_failure(folder.load());
+    assert!(message.contains("config.json"), "{message}");
+    assert!(message.contains(&format!("is {} bytes", CONFIG_JSON_LIMIT + 1)), "{message}");
+    assert!(message.contains("the 1 MiB limit"), "{message}");
+
+    let folder = Folder::new();
+    folder.sized("tokenizer_config.json", CONFIG_JSON_LIMIT + 1);
+    assert!(model_failure(folder.load()).contains("tokenizer_config.json"));
+
+    let folder = Folder::new();
+    folder.sized("tokenizer.json", TOKENIZER_JSON_LIMIT + 1);
+    let message = model_failure(folder.load());
+    assert!(message.contains("tokenizer.json"), "{message}");
+    assert!(message.contains("the 64 MiB limit"), "{message}");
+  }
+
+  #[test]
+  fn reads_stop_at_the_limit() {
+    let folder = Folder::new();
+    let path = folder.path("config.json");
+    assert_eq!(read_model_file(&path, 1 << 10).unwrap().unwrap().len(), 31);
+    let message = read_model_file(&path, 8).unwrap_err().message;
+    assert!(message.contains("the 8 bytes limit"), "{message}");
+    assert!(read_model_file(&folder.path("absent.json"), 8).unwrap().is_none());
   }
 }
