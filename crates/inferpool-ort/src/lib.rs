@@ -7,11 +7,14 @@
 //! * [`backend`]: one ONNX Runtime session per worker, pooling and normalisation; implements the
 //!   core's [`inferpool_core::Backend`].
 //! * [`pooling`]: mean / CLS pooling and L2 normalisation, free of ONNX Runtime.
+//! * `tokenization`: a call's texts to token ids, long texts by prefixes (the work bounded by
+//!   the maximum length).
 
 pub mod backend;
 pub mod model;
 pub mod pooling;
 pub mod runtime;
+mod tokenization;
 
 pub use backend::{Device, Fallbacks, SessionOptions, SessionSpec, model_factory};
 pub use model::{EmbeddingModel, ModelFiles};

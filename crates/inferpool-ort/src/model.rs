@@ -15,8 +15,10 @@ use std::{
   path::{Path, PathBuf},
 };
 
-use inferpool_core::{BackendError, BackendErrorKind, Tokenize, TokenizedText};
+use inferpool_core::{BackendError, BackendErrorKind};
 use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::tokenization::splits_at_spaces;
 
 /// Most bytes read from `tokenizer.json`. The largest published tokenizers (multilingual
 /// vocabularies of 250,000 tokens) take about 17 MB.
@@ -222,7 +224,11 @@ pub struct EmbeddingModel {
   pub files: ModelFiles,
   /// Longest sequence (special tokens included) fed to the model.
   pub max_length: usize,
-  tokenizer: Tokenizer,
+  /// Configured for batching (see above).
+  pub(crate) tokenizer: Tokenizer,
+  /// Whether a long text may be tokenized by prefixes cut before a space (see
+  /// [`crate::tokenization`]): the pre-tokenizer splits words at spaces.
+  pub(crate) prefix_cuts: bool,
 }
 
 impl EmbeddingModel {
@@ -255,22 +261,8 @@ impl EmbeddingModel {
     tokenizer
       .with_truncation(Some(TruncationParams { max_length, ..TruncationParams::default() }))
       .map_err(|e| model_error(format!("cannot set truncation to {max_length}: {e}")))?;
-    Ok(Self { files, max_length, tokenizer })
-  }
-}
-
-impl Tokenize for EmbeddingModel {
-  fn encode(&self, texts: &[String]) -> Result<Vec<TokenizedText>, BackendError> {
-    let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let encodings = self.tokenizer.encode_batch_fast(inputs, true).map_err(|e| {
-      BackendError::new(BackendErrorKind::InvalidInput, format!("tokenization failed: {e}"))
-    })?;
-    Ok(
-      encodings
-        .into_iter()
-        .map(|e| TokenizedText { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() })
-        .collect(),
-    )
+    let prefix_cuts = splits_at_spaces(tokenizer.get_pre_tokenizer());
+    Ok(Self { files, max_length, tokenizer, prefix_cuts })
   }
 }
 
