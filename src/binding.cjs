@@ -835,6 +835,8 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.BindingCall = nativeBinding.BindingCall
 module.exports.BindingPool = nativeBinding.BindingPool
+module.exports.BindingPriority = nativeBinding.BindingPriority
 module.exports.createPool = nativeBinding.createPool
 module.exports.initRuntimeLibrary = nativeBinding.initRuntimeLibrary

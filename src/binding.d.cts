@@ -9,6 +9,20 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/**
+ * One `embed` call: its answer, and the means to cancel it. Belongs to that call alone, so a
+ * cancel can never reach another one, and nothing is kept once it is collected.
+ */
+export declare class BindingCall {
+  /** Resolves with the call's rows, or rejects with its error (once; a second call rejects). */
+  result(): Promise<Float32Array>
+  /**
+   * Answers the call with `TIMEOUT` when `timedOut`, else with `ABORTED`, unless it has been
+   * answered; its texts not started yet are not run. Returns whether this decided the outcome.
+   */
+  cancel(timedOut: boolean): boolean
+}
+
 /** A running pool. */
 export declare class BindingPool {
   /** Width of model `model`'s embeddings, once it has been loaded. */
@@ -16,11 +30,13 @@ export declare class BindingPool {
   /** Longest token sequence fed to model `model`; longer texts are truncated. */
   maxLength(model: number): number
   /**
-   * Embeds `texts` with model `model`; resolves with `texts.length × dimension` values, row `i`
-   * for text `i`. `requestId` (unique per pool) lets `cancel` reach this call; `priority` is
-   * `interactive` or `bulk`; texts not started within `timeoutMs` are not run.
+   * Starts embedding `texts` with model `model` and returns the call at once: its `result()`
+   * resolves with `texts.length × dimension` values, row `i` for text `i`; its `cancel()`
+   * answers it at any time, while its texts are tokenized too. `priority` is `interactive` or
+   * `bulk`; texts not started within `timeoutMs` are not run. `onProgress` is told how many
+   * texts are done every `progressEvery` texts (not for the last one: `result()` says that).
    */
-  embed(model: number, texts: Array<string>, requestId: number, priority: string, timeoutMs?: number | undefined | null): Promise<Float32Array>
+  embed(model: number, texts: Array<string>, priority: BindingPriority, timeoutMs?: number | undefined | null, progressEvery?: number | undefined | null, onProgress?: ProgressCallback | undefined | null): BindingCall
   /**
    * Loads model `model` on `workers` (every worker it may use when absent); resolves when
    * each has it.
@@ -33,10 +49,11 @@ export declare class BindingPool {
   /** The pool's histograms per model (and per worker within each), read without locks. */
   metrics(): Array<BindingModelHistograms>
   /**
-   * Cancels the call `requestId`, answering it with `TIMEOUT` when `timedOut`, else with
-   * `ABORTED`; its texts not yet started are not run.
+   * Stops admission now, on the calling thread, and tells the workers to drain or (unless
+   * `drain`) cancel: what is queued fails with `POOL_CLOSED` at once, and so do calls made
+   * before whose texts have not reached the pool yet. `close` then waits for the threads.
    */
-  cancel(requestId: number, timedOut: boolean): boolean
+  beginClose(drain: boolean): void
   /**
    * Stops the pool: `drain` runs what is queued first, otherwise queued items fail with
    * `POOL_CLOSED`. Resolves once every worker thread has exited.
@@ -169,6 +186,14 @@ export interface BindingPoolOptions {
   maxSwitchesPerHour?: number
   /** How long a model's work may go unserved before a busy worker switches to it, ms. */
   switchDelayMs: number
+}
+
+/** Queue class of a call. */
+export declare const enum BindingPriority {
+  /** Served first. */
+  Interactive = 'interactive',
+  /** Served when no interactive work waits, and every few batches regardless. */
+  Bulk = 'bulk',
 }
 
 /** What was loaded by `initRuntime`. */

@@ -4,7 +4,14 @@ import { readdirSync } from 'node:fs'
 import { availableParallelism, totalmem } from 'node:os'
 import { resolve } from 'node:path'
 
-import type { BindingEvent, BindingModelHistograms, BindingModelSpec, BindingPool, BindingStatus } from './binding.cjs'
+import type {
+  BindingEvent,
+  BindingModelHistograms,
+  BindingModelSpec,
+  BindingPool,
+  BindingPriority,
+  BindingStatus,
+} from './binding.cjs'
 import { PoolError, fromNative } from './errors.js'
 import { type Family, type HistogramData, type Labels, exposition, quantile } from './metrics.js'
 import { defaultCacheDir, ensureDefaultModel } from './model.js'
@@ -34,8 +41,9 @@ export interface EmbedOptions {
    */
   timeoutMs?: number
   /**
-   * Called as parts of a long call complete (the call is split into parts of 256 texts, all
-   * queued at once, so batching is unchanged).
+   * Called each time another 256 texts of the call are done, and once when all are (before the
+   * call resolves). The call stays one call: admitted or refused as a whole, failed as a whole.
+   * A throw from it rejects the call with that error once the call settles.
    */
   onProgress?: (progress: Progress) => void
 }
@@ -244,6 +252,7 @@ interface Call {
   texts: readonly string[]
   priority: Priority
   signal: AbortSignal | undefined
+  onProgress: ((progress: Progress) => void) | undefined
 }
 
 /** What a pool keeps of a model. */
@@ -264,7 +273,7 @@ interface Settings {
   devices: string[]
 }
 
-/** Texts per part when `onProgress` splits a call. */
+/** Texts between two `onProgress` reports of one call. */
 const PROGRESS_PART = 256
 
 /** Options of {@link Pool.create}. Every field is optional. */
@@ -376,12 +385,183 @@ export interface PoolOptions {
   cacheDir?: string
 }
 
-function positiveInt(name: string, value: unknown, fallback: number): number {
+/** Largest count or duration in milliseconds an option takes (the longest timer Node runs). */
+const MAX_INT = 2 ** 31 - 1
+/** Most workers in one pool (the native pool's limit). */
+const MAX_WORKERS = 64
+/** Most ONNX Runtime intra-op threads per session. */
+const MAX_INTRA_OP_THREADS = 256
+/** Most texts in one batch. */
+const MAX_BATCH_SIZE = 4096
+/** Most padded tokens in one batch. */
+const MAX_BATCH_TOKENS = 1 << 20
+/** Longest token sequence a model may be given. */
+const MAX_SEQUENCE = 1 << 20
+/** Largest model priority, either way. */
+const MAX_PRIORITY = 1_000_000
+
+/**
+ * `value` when it is an integer from `min` to `max`, `fallback` when it is undefined.
+ *
+ * @throws {PoolError} `INVALID_INPUT` naming the option and its range.
+ */
+function integer<F extends number | undefined>(name: string, value: unknown, min: number, max: number, fallback: F) {
   if (value === undefined) return fallback
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > 2 ** 31 - 1) {
-    throw new PoolError('INVALID_INPUT', `${name} must be a positive integer, got ${String(value)}`)
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new PoolError('INVALID_INPUT', `${name} must be an integer from ${min} to ${max}, got ${shown(value)}`)
   }
   return value
+}
+
+/** An integer from 1 to 2^31 - 1 (a count or a duration in milliseconds). */
+function positiveInt(name: string, value: unknown, fallback: number): number {
+  return integer(name, value, 1, MAX_INT, fallback)
+}
+
+/** A finite number of bytes, or undefined. */
+function bytes(name: string, value: unknown): number | undefined {
+  if (value === undefined) return undefined
+  if (typeof value !== 'number' || !(value >= 0 && value <= Number.MAX_SAFE_INTEGER)) {
+    throw new PoolError(
+      'INVALID_INPUT',
+      `${name} must be a finite number of bytes from 0 to ${Number.MAX_SAFE_INTEGER}, got ${shown(value)}`,
+    )
+  }
+  return value
+}
+
+/** A non-empty string, or undefined. */
+function pathOption(name: string, value: unknown): string | undefined {
+  if (value !== undefined && (typeof value !== 'string' || value.length === 0)) {
+    throw new PoolError('INVALID_INPUT', `${name} must be a path, got ${shown(value)}`)
+  }
+  return value
+}
+
+/**
+ * Checks that `options` is an object whose keys are all in `known`.
+ *
+ * @throws {PoolError} `INVALID_INPUT` naming the first unknown key and the nearest known one.
+ */
+function checkKeys(options: unknown, known: Record<string, true>, where = 'options'): void {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw new PoolError('INVALID_INPUT', `${where} must be an object, got ${shown(options)}`)
+  }
+  for (const key of Object.keys(options)) {
+    if (Object.hasOwn(known, key)) continue
+    const names = Object.keys(known)
+    const near = nearest(key, names)
+    throw new PoolError(
+      'INVALID_INPUT',
+      `unknown option ${JSON.stringify(key)}${where === 'options' ? '' : ` in ${where}`}: ` +
+        (near === undefined ? `expected one of ${names.join(', ')}` : `did you mean ${JSON.stringify(near)}?`),
+    )
+  }
+}
+
+/** The name in `names` closest to `key`, when one is close enough to be a misspelling of it. */
+function nearest(key: string, names: string[]): string | undefined {
+  let best: string | undefined
+  let bestDistance = Math.max(2, Math.floor(key.length / 3)) + 1
+  for (const name of names) {
+    const d = distance(key.toLowerCase(), name.toLowerCase())
+    if (d < bestDistance) [best, bestDistance] = [name, d]
+  }
+  return best
+}
+
+/** Edit distance of `a` and `b`: insertions, deletions, substitutions and swaps of neighbours. */
+function distance(a: string, b: string): number {
+  // Three rows of the dynamic-programming table: two back (for swaps), previous, current.
+  let before: number[] = []
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i]
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1
+      let d = Math.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d = Math.min(d, before[j - 2] + 1)
+      current.push(d)
+    }
+    ;[before, previous] = [previous, current]
+  }
+  return previous[b.length]
+}
+
+/** The keys of `Pool.create` options. */
+const POOL_KEYS: Record<keyof PoolOptions, true> = {
+  model: true,
+  models: true,
+  defaultModel: true,
+  memoryThreshold: true,
+  cpuMemoryBytes: true,
+  gpuMemoryBytes: true,
+  modelIdleTimeoutMs: true,
+  maxSwitchesPerHour: true,
+  modelSwitchDelayMs: true,
+  devices: true,
+  sessionsPerDevice: true,
+  onDeviceFailure: true,
+  cpuWorkers: true,
+  intraOpThreads: true,
+  maxBatchSize: true,
+  maxBatchTokens: true,
+  maxQueuedItems: true,
+  whenFull: true,
+  maxWaitMs: true,
+  pooling: true,
+  normalize: true,
+  maxLength: true,
+  ortLibraryPath: true,
+  cacheDir: true,
+}
+
+/** The keys of a {@link ModelSpec}. */
+const MODEL_KEYS: Record<keyof ModelSpec, true> = {
+  path: true,
+  kind: true,
+  pooling: true,
+  normalize: true,
+  maxLength: true,
+  priority: true,
+  devices: true,
+  memoryBytes: true,
+  preload: true,
+}
+
+/** The keys of {@link EmbedOptions}. */
+const EMBED_KEYS: Record<keyof EmbedOptions, true> = {
+  model: true,
+  priority: true,
+  signal: true,
+  timeoutMs: true,
+  onProgress: true,
+}
+
+/** The keys of {@link StreamOptions}. */
+const STREAM_KEYS: Record<keyof StreamOptions, true> = {
+  model: true,
+  priority: true,
+  signal: true,
+  highWaterMark: true,
+  chunkSize: true,
+}
+
+/** The keys of {@link Pool.preload} options. */
+const PRELOAD_KEYS: Record<'workers', true> = { workers: true }
+
+/** The keys of {@link Pool.close} options. */
+const CLOSE_KEYS: Record<'drain', true> = { drain: true }
+
+/**
+ * Checks the keys of {@link Pool.embed} options and the values `#embed` does not check itself.
+ *
+ * @throws {PoolError} `INVALID_INPUT` for an unknown key or a value out of range.
+ */
+export function checkEmbedOptions(options: unknown): void {
+  checkKeys(options, EMBED_KEYS)
+  const { timeoutMs } = options as EmbedOptions
+  if (timeoutMs !== undefined) positiveInt('timeoutMs', timeoutMs, 0)
 }
 
 const DEVICE = /^(cpu|cuda(:\d+)?)$/
@@ -419,27 +599,29 @@ function workerDevices(
         (fromEnv ? ` (INFERPOOL_DEVICES is ${JSON.stringify(fromEnv)})` : ''),
     )
   }
-  const workers: string[] = []
+  // Count the workers before making a list of them: the count may be anything.
+  let count = 0
   for (const device of list) {
     if (typeof device !== 'string' || !DEVICE.test(device)) {
       throw new PoolError(
         'INVALID_INPUT',
-        `unknown device ${JSON.stringify(device)}: expected "cpu" or "cuda:N"` +
-          (fromEnv ? ` (from INFERPOOL_DEVICES)` : ''),
+        `unknown device ${shown(device)}: expected "cpu" or "cuda:N"` + (fromEnv ? ` (from INFERPOOL_DEVICES)` : ''),
       )
     }
-    if (device === 'cpu') workers.push(...Array<string>(cpuWorkers).fill('cpu'))
-    else workers.push(...Array<string>(sessionsPerDevice).fill(device === 'cuda' ? 'cuda:0' : device))
+    count += device === 'cpu' ? cpuWorkers : sessionsPerDevice
+    if (count > MAX_WORKERS) {
+      throw new PoolError(
+        'INVALID_INPUT',
+        `a pool has 1 to ${MAX_WORKERS} workers; ${list.length} devices with cpuWorkers ${cpuWorkers} and ` +
+          `sessionsPerDevice ${sessionsPerDevice} make ${list.reduce((n: number, d: unknown) => n + (d === 'cpu' ? cpuWorkers : sessionsPerDevice), 0)}` +
+          (fromEnv ? ` (INFERPOOL_DEVICES is ${JSON.stringify(fromEnv)})` : ''),
+      )
+    }
   }
+  const workers = (list as string[]).flatMap((device) =>
+    Array<string>(device === 'cpu' ? cpuWorkers : sessionsPerDevice).fill(device === 'cuda' ? 'cuda:0' : device),
+  )
   return { devices: workers, cpuFallback }
-}
-
-function nonNegative(name: string, value: unknown): number | undefined {
-  if (value === undefined) return undefined
-  if (typeof value !== 'number' || !(value >= 0)) {
-    throw new PoolError('INVALID_INPUT', `${name} must be a number of bytes, got ${String(value)}`)
-  }
-  return value
 }
 
 type ResolvedSpec = Omit<ModelSpec, 'pooling' | 'normalize'> & { pooling: Pooling; normalize: boolean }
@@ -452,7 +634,7 @@ function modelSpecs(options: PoolOptions): { specs: [string, ResolvedSpec][]; de
   }
   const normalize = options.normalize ?? true
   if (typeof normalize !== 'boolean') throw new PoolError('INVALID_INPUT', 'normalize must be a boolean')
-  const maxLength = options.maxLength === undefined ? undefined : positiveInt('maxLength', options.maxLength, 0)
+  const maxLength = integer('maxLength', options.maxLength, 2, MAX_SEQUENCE, undefined)
   if (options.models !== undefined && options.model !== undefined) {
     throw new PoolError('INVALID_INPUT', 'give either model or models, not both')
   }
@@ -478,6 +660,7 @@ function modelSpecs(options: PoolOptions): { specs: [string, ResolvedSpec][]; de
     if (spec === null || typeof spec !== 'object' || typeof spec.path !== 'string' || spec.path.length === 0) {
       throw new PoolError('INVALID_INPUT', `${where} must be "default", a path, or { path, ... }`)
     }
+    checkKeys(spec, MODEL_KEYS, where)
     if (spec.kind !== undefined && spec.kind !== 'embedding') {
       throw new PoolError('INVALID_INPUT', `${where}.kind must be "embedding", got ${JSON.stringify(spec.kind)}`)
     }
@@ -488,12 +671,12 @@ function modelSpecs(options: PoolOptions): { specs: [string, ResolvedSpec][]; de
     if (spec.normalize !== undefined && typeof spec.normalize !== 'boolean') {
       throw new PoolError('INVALID_INPUT', `${where}.normalize must be a boolean`)
     }
-    const priority = spec.priority ?? 0
-    if (!Number.isInteger(priority) || Math.abs(priority) > 1_000_000) {
-      throw new PoolError('INVALID_INPUT', `${where}.priority must be an integer, got ${String(priority)}`)
-    }
-    if (spec.devices !== undefined && (!Array.isArray(spec.devices) || spec.devices.length === 0)) {
-      throw new PoolError('INVALID_INPUT', `${where}.devices must be a non-empty array of devices`)
+    const priority = integer(`${where}.priority`, spec.priority, -MAX_PRIORITY, MAX_PRIORITY, 0)
+    if (
+      spec.devices !== undefined &&
+      (!Array.isArray(spec.devices) || spec.devices.length === 0 || spec.devices.length > MAX_WORKERS)
+    ) {
+      throw new PoolError('INVALID_INPUT', `${where}.devices must be an array of 1 to ${MAX_WORKERS} devices`)
     }
     if (spec.preload !== undefined && typeof spec.preload !== 'boolean') {
       throw new PoolError('INVALID_INPUT', `${where}.preload must be a boolean`)
@@ -504,9 +687,9 @@ function modelSpecs(options: PoolOptions): { specs: [string, ResolvedSpec][]; de
         ...spec,
         pooling: own,
         normalize: spec.normalize ?? normalize,
-        maxLength: spec.maxLength === undefined ? maxLength : positiveInt(`${where}.maxLength`, spec.maxLength, 0),
+        maxLength: integer(`${where}.maxLength`, spec.maxLength, 2, MAX_SEQUENCE, maxLength),
         priority,
-        memoryBytes: nonNegative(`${where}.memoryBytes`, spec.memoryBytes),
+        memoryBytes: bytes(`${where}.memoryBytes`, spec.memoryBytes),
       },
     ]
   })
@@ -589,11 +772,12 @@ const asyncDispose: typeof Symbol.asyncDispose =
 export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
   readonly #native: BindingPool
   #closed = false
+  /** What {@link Pool.close} returns. */
   #closing: Promise<void> | undefined
+  /** The cancelling native close, once there is one (a draining close may be escalated to it). */
+  #cancelling: Promise<void> | undefined
   /** Calls handed to the native pool and not yet settled (a drain waits for them). */
   readonly #pending = new Set<Promise<unknown>>()
-  /** Id of the next call, for cancelling it natively. */
-  #nextId = 0
   /** When the pool started, for rates in {@link Pool.status}. */
   readonly #started = performance.now()
   readonly #settings: Settings
@@ -631,58 +815,53 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
    * `MODEL_FETCH_FAILED`, `ORT_LOAD_FAILED`, `DEVICE_UNAVAILABLE`.
    */
   static async create(options: PoolOptions = {}): Promise<Pool> {
-    if (options === null || typeof options !== 'object') {
-      throw new PoolError('INVALID_INPUT', 'options must be an object')
-    }
+    checkKeys(options, POOL_KEYS)
     const cores = availableParallelism()
-    const cpuWorkers = positiveInt('cpuWorkers', options.cpuWorkers, Math.min(cores, 4))
-    const sessionsPerDevice = positiveInt('sessionsPerDevice', options.sessionsPerDevice, 1)
+    const cpuWorkers = integer('cpuWorkers', options.cpuWorkers, 1, MAX_WORKERS, Math.min(cores, 4))
+    const sessionsPerDevice = integer('sessionsPerDevice', options.sessionsPerDevice, 1, MAX_WORKERS, 1)
     const onDeviceFailure = options.onDeviceFailure ?? 'fail'
     if (onDeviceFailure !== 'fail' && onDeviceFailure !== 'cpu' && onDeviceFailure !== 'unavailable') {
       throw new PoolError(
         'INVALID_INPUT',
-        `onDeviceFailure must be "fail", "cpu" or "unavailable", got ${JSON.stringify(onDeviceFailure)}`,
+        `onDeviceFailure must be "fail", "cpu" or "unavailable", got ${shown(onDeviceFailure)}`,
       )
     }
     const { devices, cpuFallback } = workerDevices(options.devices, cpuWorkers, sessionsPerDevice, onDeviceFailure)
-    const intraOpThreads = positiveInt(
+    const intraOpThreads = integer(
       'intraOpThreads',
       options.intraOpThreads,
-      Math.max(1, Math.floor(cores / cpuWorkers)),
+      1,
+      MAX_INTRA_OP_THREADS,
+      Math.min(MAX_INTRA_OP_THREADS, Math.max(1, Math.floor(cores / cpuWorkers))),
     )
-    const maxBatchSize = positiveInt('maxBatchSize', options.maxBatchSize, 64)
-    const maxBatchTokens = positiveInt('maxBatchTokens', options.maxBatchTokens, 16384)
+    const maxBatchSize = integer('maxBatchSize', options.maxBatchSize, 1, MAX_BATCH_SIZE, 64)
+    const maxBatchTokens = integer('maxBatchTokens', options.maxBatchTokens, 1, MAX_BATCH_TOKENS, 16384)
     const maxQueuedItems = positiveInt('maxQueuedItems', options.maxQueuedItems, 1 << 20)
     const whenFull = options.whenFull ?? 'reject'
     if (whenFull !== 'reject' && whenFull !== 'wait') {
-      throw new PoolError('INVALID_INPUT', `whenFull must be "reject" or "wait", got ${JSON.stringify(whenFull)}`)
+      throw new PoolError('INVALID_INPUT', `whenFull must be "reject" or "wait", got ${shown(whenFull)}`)
     }
-    const maxWaitMs = options.maxWaitMs === 0 ? 0 : positiveInt('maxWaitMs', options.maxWaitMs, 0)
-    const cpuBudget = nonNegative('cpuMemoryBytes', options.cpuMemoryBytes)
-    const gpuBudget = nonNegative('gpuMemoryBytes', options.gpuMemoryBytes)
+    const maxWaitMs = integer('maxWaitMs', options.maxWaitMs, 0, MAX_INT, 0)
+    const cpuBudget = bytes('cpuMemoryBytes', options.cpuMemoryBytes)
+    const gpuBudget = bytes('gpuMemoryBytes', options.gpuMemoryBytes)
     const memoryThreshold = options.memoryThreshold ?? 0.8
     if (typeof memoryThreshold !== 'number' || !(memoryThreshold > 0 && memoryThreshold <= 1)) {
-      throw new PoolError('INVALID_INPUT', `memoryThreshold must be a number in (0, 1], got ${String(memoryThreshold)}`)
+      throw new PoolError('INVALID_INPUT', `memoryThreshold must be a number in (0, 1], got ${shown(memoryThreshold)}`)
     }
-    const idleTimeoutMs =
-      options.modelIdleTimeoutMs === undefined
-        ? undefined
-        : positiveInt('modelIdleTimeoutMs', options.modelIdleTimeoutMs, 0)
-    const maxSwitchesPerHour =
-      options.maxSwitchesPerHour === undefined || options.maxSwitchesPerHour === 0
-        ? options.maxSwitchesPerHour
-        : positiveInt('maxSwitchesPerHour', options.maxSwitchesPerHour, 0)
-    const switchDelayMs =
-      options.modelSwitchDelayMs === 0 ? 0 : positiveInt('modelSwitchDelayMs', options.modelSwitchDelayMs, 100)
+    const idleTimeoutMs = integer('modelIdleTimeoutMs', options.modelIdleTimeoutMs, 1, MAX_INT, undefined)
+    const maxSwitchesPerHour = integer('maxSwitchesPerHour', options.maxSwitchesPerHour, 0, MAX_INT, undefined)
+    const switchDelayMs = integer('modelSwitchDelayMs', options.modelSwitchDelayMs, 0, MAX_INT, 100)
+    const ortLibraryPath = pathOption('ortLibraryPath', options.ortLibraryPath)
+    const cacheDir = pathOption('cacheDir', options.cacheDir)
     const { specs, defaultIndex } = modelSpecs(options)
     const memoryBudgets = workerBudgets(devices, memoryThreshold, cpuBudget, gpuBudget)
 
-    const runtime = initRuntime(options.ortLibraryPath)
+    const runtime = initRuntime(ortLibraryPath)
     const bindingSpecs: BindingModelSpec[] = []
     const preload: number[] = []
     for (const [index, [name, spec]] of specs.entries()) {
       const path =
-        spec.path === 'default' ? await ensureDefaultModel(options.cacheDir ?? defaultCacheDir()) : resolve(spec.path)
+        spec.path === 'default' ? await ensureDefaultModel(cacheDir ?? defaultCacheDir()) : resolve(spec.path)
       bindingSpecs.push({
         name,
         path,
@@ -769,13 +948,21 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
    */
   async preload(name: string, options: { workers?: number[] } = {}): Promise<void> {
     const model = this.#model(name)
-    const workers = options.workers
-    if (workers !== undefined && (!Array.isArray(workers) || workers.some((w) => !Number.isInteger(w) || w < 0))) {
-      throw new PoolError('INVALID_INPUT', 'workers must be an array of worker ids')
+    checkKeys(options, PRELOAD_KEYS)
+    const workers: unknown = options.workers
+    if (workers !== undefined) {
+      if (!Array.isArray(workers) || workers.length > MAX_WORKERS) {
+        throw new PoolError(
+          'INVALID_INPUT',
+          `workers must be an array of at most ${MAX_WORKERS} worker ids, got ${Array.isArray(workers) ? `${workers.length} ids` : shown(workers)}`,
+        )
+      }
+      const last = this.#settings.devices.length - 1
+      workers.forEach((worker, i) => integer(`workers[${i}]`, worker, 0, last, 0))
     }
     if (this.#closed) throw new PoolError('POOL_CLOSED', 'the pool is closed')
     try {
-      await this.#native.preload(model.index, workers)
+      await this.#native.preload(model.index, workers as number[] | undefined)
     } catch (error) {
       throw fromNative(error)
     }
@@ -815,7 +1002,19 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
    * {@link Pool.close} (every worker then reads `stopped`).
    */
   status(): PoolStatus {
-    return this.#status(this.#native.status(), this.#native.metrics())
+    return this.#status(
+      this.#read(() => this.#native.status()),
+      this.#read(() => this.#native.metrics()),
+    )
+  }
+
+  /** A synchronous native read, its failure as a {@link PoolError}. */
+  #read<T>(read: () => T): T {
+    try {
+      return read()
+    } catch (error) {
+      throw fromNative(error)
+    }
   }
 
   /** {@link Pool.status} from one native read of the counters and one of the histograms. */
@@ -890,8 +1089,8 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
    * worker).
    */
   metrics(): string {
-    const native = this.#native.status()
-    const histograms = this.#native.metrics()
+    const native = this.#read(() => this.#native.status())
+    const histograms = this.#read(() => this.#native.metrics())
     const status = this.#status(native, histograms)
     const models = this.#settings.models
     const worker = (w: WorkerStatus): Labels => ({ device: w.device, worker: String(w.id) })
@@ -1045,23 +1244,12 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
    * `INFERENCE_FAILED` when ONNX Runtime fails on every attempt.
    */
   async embed(texts: readonly string[], options: EmbedOptions = {}): Promise<Float32Array[]> {
+    if (options !== null && typeof options === 'object') checkEmbedOptions(options)
     const onProgress = options?.onProgress
-    if (onProgress === undefined) return this.#embed(texts, options)
-    if (typeof onProgress !== 'function') throw new PoolError('INVALID_INPUT', 'onProgress must be a function')
-    // Not an array: let the call itself report the bad input.
-    if (!Array.isArray(texts)) return this.#embed(texts, options)
-    const started = performance.now()
-    let done = 0
-    const count = Math.max(1, Math.ceil(texts.length / PROGRESS_PART))
-    const parts = Array.from({ length: count }, (_, p) =>
-      this.#embed(texts.slice(p * PROGRESS_PART, (p + 1) * PROGRESS_PART), options).then((vectors) => {
-        done += vectors.length
-        const seconds = (performance.now() - started) / 1000
-        onProgress({ done, total: texts.length, itemsPerSecond: seconds > 0 ? done / seconds : 0 })
-        return vectors
-      }),
-    )
-    return (await Promise.all(parts)).flat()
+    if (onProgress !== undefined && typeof onProgress !== 'function') {
+      throw new PoolError('INVALID_INPUT', 'onProgress must be a function')
+    }
+    return this.#embed(texts, options)
   }
 
   /**
@@ -1078,14 +1266,27 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
     source: Iterable<string> | AsyncIterable<string>,
     options: StreamOptions = {},
   ): AsyncGenerator<StreamItem, void, undefined> {
+    checkKeys(options, STREAM_KEYS)
     const highWaterMark = positiveInt('highWaterMark', options.highWaterMark, 256)
     const chunkSize = Math.min(positiveInt('chunkSize', options.chunkSize, 32), highWaterMark)
+    const { model, priority, signal: outer } = options
+    this.#model(model)
+    if (priority !== undefined && priority !== 'interactive' && priority !== 'bulk') {
+      throw new PoolError('INVALID_INPUT', `priority must be "interactive" or "bulk", got ${shown(priority)}`)
+    }
+    if (outer !== undefined && !(outer instanceof AbortSignal)) {
+      throw new PoolError('INVALID_INPUT', 'signal must be an AbortSignal')
+    }
     const iterator = openIterator(source)
-    const cancel = new AbortController()
-    const outer = options.signal
-    const forward = () => cancel.abort(outer?.reason)
+    // Each part in flight has its own signal, released when it settles, so a signal never
+    // holds more than the listeners of one call however long the stream. The caller's signal
+    // gets one listener, which cancels every part in flight.
+    const cancels = new Set<AbortController>()
+    const cancelAll = (reason: unknown) => {
+      for (const cancel of cancels) cancel.abort(reason)
+    }
+    const forward = () => cancelAll(outer?.reason)
     outer?.addEventListener('abort', forward, { once: true })
-    const callOptions: EmbedOptions = { priority: options.priority, signal: cancel.signal }
     // Parts in flight, in source order; each settles to its vectors (or its error, thrown when
     // the consumer reaches it).
     const parts: { start: number; vectors: Promise<Float32Array[]>; settled: boolean }[] = []
@@ -1113,11 +1314,18 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
             texts.push(next.value)
           }
           if (texts.length > 0) {
-            const part = { start: read, vectors: this.#embed(texts, callOptions), settled: false }
-            part.vectors.then(
-              () => (part.settled = true),
-              () => (part.settled = true),
-            )
+            const cancel = new AbortController()
+            cancels.add(cancel)
+            const part = {
+              start: read,
+              vectors: this.#embed(texts, { model, priority, signal: cancel.signal }),
+              settled: false,
+            }
+            const release = () => {
+              part.settled = true
+              cancels.delete(cancel)
+            }
+            part.vectors.then(release, release)
             parts.push(part)
             read += texts.length
           }
@@ -1135,7 +1343,7 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
     } finally {
       outer?.removeEventListener('abort', forward)
       if (parts.length > 0) {
-        cancel.abort(new Error('the stream was closed'))
+        cancelAll(new Error('the stream was closed'))
         for (const part of parts) part.vectors.catch(() => undefined)
       }
       await iterator.return?.()
@@ -1166,7 +1374,7 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
     }
     if (signal?.aborted) throw aborted(signal)
     if (texts.length === 0) return []
-    const call: Call = { model, texts, priority, signal }
+    const call: Call = { model, texts, priority, signal, onProgress: options.onProgress }
     if (this.#settings.whenFull === 'reject' || texts.length > this.#settings.maxQueuedItems) {
       return this.#submit(call, timeoutMs)
     }
@@ -1231,14 +1439,41 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
   }
 
   /** Hands one call to the native pool and waits for its rows. */
-  async #submit({ model, texts, priority, signal }: Call, timeoutMs: number | undefined): Promise<Float32Array[]> {
-    const id = this.#nextId
-    this.#nextId = (this.#nextId + 1) % 2 ** 32
-    const call = this.#native.embed(model, texts as string[], id, priority, timeoutMs)
+  async #submit(
+    { model, texts, priority, signal, onProgress }: Call,
+    timeoutMs: number | undefined,
+  ): Promise<Float32Array[]> {
+    // Progress comes from the native call as its texts complete: the call stays one call,
+    // admitted (or refused) as a whole.
+    const started = performance.now()
+    let reported = 0
+    let progressError: unknown
+    const report = (done: number) => {
+      if (done <= reported || progressError !== undefined || onProgress === undefined) return
+      reported = done
+      const seconds = (performance.now() - started) / 1000
+      try {
+        onProgress({ done, total: texts.length, itemsPerSecond: seconds > 0 ? done / seconds : 0 })
+      } catch (error) {
+        progressError = error
+      }
+    }
+    // The native call object is this call's own handle: a cancel reaches it (and only it) at
+    // any time, while its texts are still being tokenized too.
+    const native = this.#native.embed(
+      model,
+      texts as string[],
+      // The binding's string enum has exactly these values.
+      priority as BindingPriority,
+      timeoutMs,
+      onProgress === undefined ? undefined : PROGRESS_PART,
+      onProgress === undefined ? undefined : report,
+    )
+    const call = native.result()
     this.#pending.add(call)
-    const onAbort = () => this.#native.cancel(id, false)
+    const onAbort = () => native.cancel(false)
     signal?.addEventListener('abort', onAbort, { once: true })
-    const timer = timeoutMs === undefined ? undefined : setTimeout(() => this.#native.cancel(id, true), timeoutMs)
+    const timer = timeoutMs === undefined ? undefined : setTimeout(() => native.cancel(true), timeoutMs)
     let flat: Float32Array
     let admitted = true
     try {
@@ -1256,6 +1491,8 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
       clearTimeout(timer)
       signal?.removeEventListener('abort', onAbort)
     }
+    report(texts.length)
+    if (progressError !== undefined) throw progressError
     const d = flat.length / texts.length
     return Array.from({ length: texts.length }, (_, i) => flat.subarray(i * d, (i + 1) * d))
   }
@@ -1263,23 +1500,60 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
   /**
    * Stops the pool. With `drain: true` (the default) every call already made completes first;
    * with `drain: false` queued work fails with `POOL_CLOSED`. Resolves once every worker thread
-   * has exited. Calling it again returns the same promise.
+   * has exited. Calling it again returns the same promise, except that `drain: false` after a
+   * draining close escalates it: what is still queued fails with `POOL_CLOSED` at once, and both
+   * promises resolve once the workers have exited.
+   *
+   * @throws {PoolError} `INVALID_INPUT` for malformed options (the pool is left as it was).
    */
   close(options: { drain?: boolean } = {}): Promise<void> {
-    if (!this.#closing) {
+    try {
+      checkKeys(options, CLOSE_KEYS)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    const drain = options.drain ?? true
+    if (typeof drain !== 'boolean') {
+      return Promise.reject(new PoolError('INVALID_INPUT', `drain must be a boolean, got ${shown(drain)}`))
+    }
+    if (this.#closing === undefined) {
       this.#closed = true
-      const drain = options.drain ?? true
       // A call made before close() may still be on its way into the native queue: a drain
-      // waits for every such call to settle first, so none of them is turned away.
-      const before = drain ? this.#settled() : Promise.resolve()
-      if (!drain) this.#wakeWaiters()
-      this.#closing = before
-        .then(() => this.#native.close(drain))
-        .catch((error: unknown) => {
-          throw fromNative(error)
-        })
+      // waits for every such call to settle first, so none of them is turned away. A cancel
+      // that comes meanwhile does not wait: it closes natively at once, and the calls settle.
+      this.#closing = drain
+        ? this.#settled()
+            .then(() => this.#stop(true))
+            .then(() => this.#cancelling)
+        : this.#cancel()
+    } else if (!drain && this.#cancelling === undefined) {
+      const draining = this.#closing
+      this.#closing = Promise.all([this.#cancel(), draining]).then(() => undefined)
     }
     return this.#closing
+  }
+
+  /** Closes natively, failing what is queued, and wakes the calls waiting for room to fail too. */
+  #cancel(): Promise<void> {
+    try {
+      // Synchronously: calls made before this one whose texts have not reached the pool yet
+      // are turned away too, instead of racing the close.
+      this.#native.beginClose(false)
+    } catch (error) {
+      return Promise.reject(fromNative(error))
+    }
+    this.#cancelling = this.#stop(false)
+    this.#wakeWaiters()
+    return this.#cancelling
+  }
+
+  /** The native close: resolves once every worker thread has exited. */
+  async #stop(drain: boolean): Promise<void> {
+    try {
+      await this.#native.close(drain)
+    } catch (error) {
+      throw fromNative(error)
+    }
   }
 
   /** Resolves once no call is in flight or waiting for room. */
@@ -1322,4 +1596,11 @@ function describe(value: unknown): string {
   if (value === null) return 'null'
   if (Array.isArray(value)) return 'an array'
   return typeof value
+}
+
+/** `value` in an error message: numbers, booleans and strings as they are, others by their type. */
+function shown(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value)
+  if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint') return String(value)
+  return describe(value)
 }

@@ -216,12 +216,11 @@ pub(crate) fn select(
 #[cfg(test)]
 pub(crate) mod tests {
   use super::*;
-  use crate::request::{Priority, Request, SubmitOptions};
+  use crate::request::{Priority, Request};
 
   /// Queued items of `lengths` tokens, one request, admitted in order.
   pub(crate) fn items(lengths: &[usize], priority: Priority) -> Vec<Queued> {
-    let options = SubmitOptions { priority, deadline: None };
-    let request = Arc::new(Request::new(lengths.len(), 0, options, Box::new(|_| {})));
+    let request = Arc::new(Request::new(lengths.len(), 0, priority, None, None, Box::new(|_| {})));
     let outstanding = Arc::new(Outstanding::default());
     outstanding.items.store(lengths.len(), Ordering::SeqCst);
     outstanding.tokens.store(lengths.iter().map(|&l| l.max(1)).sum(), Ordering::SeqCst);

@@ -1,75 +1,77 @@
-//! Cancellation by a caller-chosen id, for callers that cannot hold a [`Ticket`] (a binding whose
-//! JavaScript side only has a number to pass back).
+//! A caller's handle on one call, for callers that cannot keep the [`crate::Ticket`] a submit
+//! returns (a binding whose submit runs on another thread while its caller may already want to
+//! cancel).
 //!
-//! A cancel may arrive before the request is registered (the submit is still on its way): it is
-//! remembered and applied at registration, so no abort is lost.
+//! The handle exists before the call is submitted. A cancel that comes first is kept in the
+//! handle and refuses the submit; one that comes later answers the call at once, whether its
+//! texts are still being tokenized, are queued, or are running (rows that finish later are
+//! dropped). The handle belongs to its call: nothing is kept in a table, so nothing outlives it
+//! and no later call can be reached by mistake.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::sync::{Arc, Mutex};
 
-use crate::{PoolError, Ticket};
+use crate::{PoolError, request::Request};
 
-/// Live tickets by id, and cancels that arrived before their ticket.
+/// Cancels one call (see the module docs). Share it with [`crate::SubmitOptions::handle`].
 #[derive(Debug, Default)]
-pub struct Cancellations {
+pub struct CallHandle {
   state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
-struct State {
-  /// Registered requests not yet forgotten.
-  live: HashMap<u64, Ticket>,
-  /// Cancels whose request was not registered yet.
-  early: HashMap<u64, PoolError>,
+enum State {
+  /// Not submitted yet.
+  #[default]
+  Open,
+  /// Cancelled before it was submitted.
+  Cancelled(PoolError),
+  /// Submitted.
+  Attached(Arc<Request>),
 }
 
-impl Cancellations {
-  fn state(&self) -> std::sync::MutexGuard<'_, State> {
-    self.state.lock().expect("cancellation lock poisoned. This is a bug.")
+impl CallHandle {
+  /// A handle for a call not submitted yet.
+  #[must_use]
+  pub fn new() -> Self {
+    Self::default()
   }
 
-  /// Registers the ticket of request `id`, applying a cancel that came first.
-  pub fn register(&self, id: u64, ticket: Ticket) {
+  fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+  }
+
+  /// Answers the call with `error` unless it has been answered already; its texts not started
+  /// yet are not run. Returns whether this cancel decided the outcome.
+  pub fn cancel(&self, error: PoolError) -> bool {
     let mut state = self.state();
-    match state.early.remove(&id) {
-      Some(error) => {
-        drop(state);
-        ticket.cancel_with(error);
+    match &*state {
+      State::Open => {
+        *state = State::Cancelled(error);
+        true
       }
-      None => {
-        state.live.insert(id, ticket);
+      State::Cancelled(_) => false,
+      State::Attached(request) => {
+        let request = Arc::clone(request);
+        drop(state);
+        if request.is_finished() {
+          return false;
+        }
+        request.fail(error);
+        true
       }
     }
   }
 
-  /// Cancels request `id` with `error`; returns whether a registered request was answered by it.
-  pub fn cancel(&self, id: u64, error: PoolError) -> bool {
-    let ticket = {
-      let mut state = self.state();
-      let ticket = state.live.remove(&id);
-      if ticket.is_none() {
-        state.early.insert(id, error.clone());
-      }
-      ticket
-    };
-    ticket.is_some_and(|t| t.cancel_with(error))
-  }
-
-  /// Drops everything known about request `id` (call when it has settled).
-  pub fn forget(&self, id: u64) {
+  /// Binds the handle to its submitted request; the error of a cancel that came first.
+  pub(crate) fn attach(&self, request: &Arc<Request>) -> Result<(), PoolError> {
     let mut state = self.state();
-    state.live.remove(&id);
-    state.early.remove(&id);
-  }
-
-  /// Requests currently registered.
-  #[must_use]
-  pub fn len(&self) -> usize {
-    self.state().live.len()
-  }
-
-  /// Whether no request is registered.
-  #[must_use]
-  pub fn is_empty(&self) -> bool {
-    self.len() == 0
+    match &*state {
+      State::Open => {
+        *state = State::Attached(Arc::clone(request));
+        Ok(())
+      }
+      State::Cancelled(error) => Err(error.clone()),
+      State::Attached(_) => Err(PoolError::InvalidInput("a call handle was used twice".to_owned())),
+    }
   }
 }

@@ -28,7 +28,7 @@ mod sleep;
 pub use adaptive::AdaptiveConfig;
 pub use backend::{Backend, BackendFactory, Tokenize, TokenizedText};
 pub use batch::BatchPolicy;
-pub use cancel::Cancellations;
+pub use cancel::CallHandle;
 pub use error::{BackendError, BackendErrorKind, PoolError};
 pub use metrics::{HistogramSnapshot, SECONDS_BUCKETS, SIZE_BUCKETS};
 pub use model::{
@@ -38,4 +38,4 @@ pub use pool::{
   CloseMode, MAX_MODELS, ModelStats, Pool, PoolConfig, PoolStats, Ticket, WorkerModelStats,
   WorkerState, WorkerStats,
 };
-pub use request::{Priority, Reply, SubmitOptions};
+pub use request::{Priority, Progress, Reply, SubmitOptions};

@@ -22,8 +22,12 @@ pub(crate) struct Histogram {
   bounds: &'static [f64],
   /// One count per bound, plus the overflow (`+Inf`) bucket; not cumulative.
   counts: Box<[AtomicU64]>,
-  /// Sum of the observations, in `unit`s (integers keep the sum exact and lock-free).
+  /// Sum of the observations, in `unit`s (integers keep the sum exact and lock-free): its low
+  /// 64 bits.
   sum: AtomicU64,
+  /// How many times `sum` wrapped (its high 64 bits): nanosecond sums of a busy, long-running
+  /// pool pass 2^64 within weeks.
+  sum_wraps: AtomicU64,
   /// What one unit of `sum` is worth.
   unit: f64,
 }
@@ -44,6 +48,7 @@ impl Histogram {
       bounds,
       counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
       sum: AtomicU64::new(0),
+      sum_wraps: AtomicU64::new(0),
       unit,
     }
   }
@@ -51,7 +56,10 @@ impl Histogram {
   fn record(&self, value: f64, units: u64) {
     let bucket = self.bounds.partition_point(|&bound| bound < value);
     self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-    self.sum.fetch_add(units, Ordering::Relaxed);
+    let before = self.sum.fetch_add(units, Ordering::Relaxed);
+    if before.checked_add(units).is_none() {
+      self.sum_wraps.fetch_add(1, Ordering::Relaxed);
+    }
   }
 
   pub(crate) fn record_duration(&self, elapsed: Duration) {
@@ -79,7 +87,9 @@ impl Histogram {
       })
       .collect();
     let count = cumulative + self.counts[self.bounds.len()].load(Ordering::Relaxed);
-    HistogramSnapshot { buckets, count, sum: self.sum.load(Ordering::Relaxed) as f64 * self.unit }
+    let sum = self.sum_wraps.load(Ordering::Relaxed) as f64 * 2f64.powi(64)
+      + self.sum.load(Ordering::Relaxed) as f64;
+    HistogramSnapshot { buckets, count, sum: sum * self.unit }
   }
 }
 
@@ -147,6 +157,16 @@ mod tests {
     assert_eq!(at(4.0), 3);
     assert_eq!(at(64.0), 4);
     assert_eq!(at(512.0), 4);
+  }
+
+  #[test]
+  fn a_sum_past_64_bits_carries_on() {
+    let h = Histogram::sizes();
+    h.record(1.0, u64::MAX - 1);
+    h.record(1.0, 3);
+    #[expect(clippy::cast_precision_loss, reason = "the expected value is a float")]
+    let expected = u64::MAX as f64 + 2.0;
+    assert!((h.snapshot().sum - expected).abs() / expected < 1e-12);
   }
 
   #[test]

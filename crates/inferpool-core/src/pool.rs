@@ -71,6 +71,9 @@ const FAIRNESS_INTERVAL: u64 = 4;
 /// A worker whose speed is not yet measured runs batches this many times smaller.
 const FIRST_BATCH_DIVISOR: usize = 4;
 
+/// Texts tokenized at a time by `submit`; a cancel or a deadline is noticed between chunks.
+const TOKENIZE_CHUNK: usize = 256;
+
 /// How many random victims a worker tries per steal round before it concludes there is nothing.
 const STEAL_ROUNDS: usize = 2;
 
@@ -705,7 +708,13 @@ impl Pool {
       registry_for_reply.models[model].histograms.end_to_end.record_duration(submitted.elapsed());
       reply(result);
     });
-    let request = Arc::new(Request::new(texts.len(), model, options, reply));
+    let SubmitOptions { priority, deadline, handle, progress } = options;
+    let request = Arc::new(Request::new(texts.len(), model, priority, deadline, progress, reply));
+    if let Some(Err(error)) = handle.map(|h| h.attach(&request)) {
+      // Cancelled before it was submitted: the error is the answer, given here.
+      request.forget_reply();
+      return Err(error);
+    }
     let ticket = Ticket { request: Arc::clone(&request) };
     // Reserve the places before looking at `closing` (both SeqCst): a drain that starts after
     // this check then sees the reservation and keeps its workers until these items are done.
@@ -737,22 +746,19 @@ impl Pool {
       return Err(PoolError::Overloaded { queued: before, requested: texts.len(), limit });
     }
     let tokenizing = Instant::now();
-    let encoded = shared.config.tokenizer.encode(texts);
-    shared.histograms.tokenize.record_duration(tokenizing.elapsed());
-    let encoded = match encoded {
-      Ok(encoded) if encoded.len() == texts.len() => encoded,
-      Ok(encoded) => {
+    let encoded = match tokenize(&shared.config, &request, texts) {
+      Ok(Some(encoded)) => encoded,
+      Ok(None) => {
+        // Answered (cancelled or past its deadline) while it was tokenized.
         release(registry);
-        return Err(PoolError::Backend(BackendError::new(
-          BackendErrorKind::Model,
-          format!("the tokenizer returned {} encodings for {} texts", encoded.len(), texts.len()),
-        )));
+        return Ok(ticket);
       }
       Err(error) => {
         release(registry);
-        return Err(error.into());
+        return Err(error);
       }
     };
+    shared.histograms.tokenize.record_duration(tokenizing.elapsed());
     let now = Instant::now();
     let tokens: usize = encoded.iter().map(|t| t.len().max(1)).sum();
     shared.outstanding.tokens.fetch_add(tokens, Ordering::Relaxed);
@@ -934,7 +940,7 @@ impl Pool {
   /// it again is harmless, also while another call waits; a cancel after a drain turns the
   /// drain into a cancel, and both calls return once the threads have exited.
   pub fn close(&self, mode: CloseMode) {
-    self.signal_close(mode);
+    self.begin_close(mode);
     let handles = std::mem::take(&mut *lock(&self.handles));
     for handle in handles {
       // Workers run backends under `catch_unwind`; a join error would repeat a panic that was
@@ -951,8 +957,9 @@ impl Pool {
     }
   }
 
-  /// Stops admission and tells every worker to drain or cancel, without waiting.
-  fn signal_close(&self, mode: CloseMode) {
+  /// Stops admission and tells every worker to drain or cancel, without waiting (a cancel
+  /// answers what is queued at once); [`Pool::close`] then waits for the threads.
+  pub fn begin_close(&self, mode: CloseMode) {
     let registry = &self.registry;
     let target = if mode == CloseMode::Cancel { CANCEL } else { DRAIN };
     registry.closing.fetch_max(target, Ordering::SeqCst);
@@ -971,8 +978,43 @@ impl Drop for Pool {
   /// waits for a thread (it may happen on an event loop, during garbage collection). Only
   /// [`Pool::close`] waits.
   fn drop(&mut self) {
-    self.signal_close(CloseMode::Cancel);
+    self.begin_close(CloseMode::Cancel);
   }
+}
+
+/// Tokenizes `texts` in chunks of [`TOKENIZE_CHUNK`] with `model`'s tokenizer (a panic becomes
+/// an error). `None` when the request was answered meanwhile (cancelled, or its deadline
+/// passed: then it is answered with `Timeout` here): a call does not go on tokenizing for a
+/// caller that has gone.
+fn tokenize(
+  model: &ModelConfig,
+  request: &Request,
+  texts: &[String],
+) -> Result<Option<Vec<crate::TokenizedText>>, PoolError> {
+  let mut encoded = Vec::with_capacity(texts.len());
+  for chunk in texts.chunks(TOKENIZE_CHUNK) {
+    if request.deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+      request.fail(PoolError::Timeout);
+    }
+    if request.is_finished() {
+      return Ok(None);
+    }
+    let tokenizer = &model.tokenizer;
+    let part = catch_unwind(AssertUnwindSafe(|| tokenizer.encode(chunk))).unwrap_or_else(|p| {
+      Err(BackendError::new(
+        BackendErrorKind::Panic,
+        format!("the tokenizer panicked: {}", payload_text(&*p)),
+      ))
+    })?;
+    if part.len() != chunk.len() {
+      return Err(PoolError::Backend(BackendError::new(
+        BackendErrorKind::Model,
+        format!("the tokenizer returned {} encodings for {} texts", part.len(), chunk.len()),
+      )));
+    }
+    encoded.extend(part);
+  }
+  Ok(Some(encoded))
 }
 
 /// Checks that `models` can run on the workers of `config`.
@@ -1848,20 +1890,9 @@ impl WorkerThread {
         .queue_wait
         .record_duration(started.saturating_duration_since(item.admitted_at));
     }
-    let slot = self.slots[model].as_mut().expect("a batch runs on a loaded model");
-    let dimension = slot.backend.dimension();
-    self.out.clear();
-    self.out.resize(count * dimension, 0.0);
-    let result = {
-      let inputs: Vec<&crate::TokenizedText> = batch.iter().map(|q| &q.input).collect();
-      let (backend, out) = (&mut slot.backend, &mut self.out);
-      catch_unwind(AssertUnwindSafe(|| backend.run(&inputs, out))).unwrap_or_else(|panic| {
-        Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic)))
-      })
-    };
+    let result = self.execute(model, &batch);
     let elapsed = started.elapsed();
     let finished = Instant::now();
-    slot.last_used = finished;
     let per_model = &shared.models[model];
     shared.batch_expected.store(0, Ordering::Relaxed);
     shared.batches.fetch_add(1, Ordering::Relaxed);
@@ -1875,23 +1906,9 @@ impl WorkerThread {
     shared_model.in_flight_tokens.fetch_sub(real, Ordering::Relaxed);
     match result {
       Ok(()) => {
-        slot.usage.add(count, finished);
-        if self.failing() {
-          registry.emit(Event::WorkerRecovered { worker: self.index });
-        }
-        self.failures = 0;
-        shared.items.fetch_add(count as u64, Ordering::Relaxed);
-        per_model.items.fetch_add(count as u64, Ordering::Relaxed);
-        shared_model.items.fetch_add(count as u64, Ordering::Relaxed);
         self.controllers[model].observe(padded, elapsed, budget_bound);
         self.record_speed(model, count, padded, elapsed);
-        for (item, row) in batch.into_iter().zip(self.out.chunks_exact(dimension.max(1))) {
-          // Settle the item (it leaves `outstanding`) before its request may be answered, so a
-          // caller that gets its answer never sees its own items still counted.
-          let (request, index) = (Arc::clone(&item.request), item.index);
-          drop(item);
-          request.complete_row(index, row);
-        }
+        self.complete(model, batch, finished);
       }
       Err(error) => {
         shared.errors.fetch_add(1, Ordering::Relaxed);
@@ -1899,6 +1916,47 @@ impl WorkerThread {
       }
     }
     shared.token_budget.store(self.controllers[model].budget(), Ordering::Relaxed);
+  }
+
+  /// Runs `batch` on this worker's backend of `model` (a panic becomes an error); on success
+  /// its rows are in `self.out`.
+  fn execute(&mut self, model: usize, batch: &[Queued]) -> Result<(), BackendError> {
+    let slot = self.slots[model].as_mut().expect("a batch runs on a loaded model");
+    let dimension = slot.backend.dimension();
+    self.out.clear();
+    self.out.resize(batch.len() * dimension, 0.0);
+    let inputs: Vec<&crate::TokenizedText> = batch.iter().map(|q| &q.input).collect();
+    let (backend, out) = (&mut slot.backend, &mut self.out);
+    let result =
+      catch_unwind(AssertUnwindSafe(|| backend.run(&inputs, out))).unwrap_or_else(|panic| {
+        Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic)))
+      });
+    slot.last_used = Instant::now();
+    result
+  }
+
+  /// Hands the rows in `self.out` of a successful run of `batch` to their requests.
+  fn complete(&mut self, model: usize, batch: Vec<Queued>, finished: Instant) {
+    let registry = Arc::clone(&self.registry);
+    let count = batch.len();
+    let slot = self.slots[model].as_mut().expect("a batch runs on a loaded model");
+    let dimension = slot.backend.dimension();
+    slot.usage.add(count, finished);
+    if self.failing() {
+      registry.emit(Event::WorkerRecovered { worker: self.index });
+    }
+    self.failures = 0;
+    let shared = &registry.workers[self.index];
+    shared.items.fetch_add(count as u64, Ordering::Relaxed);
+    shared.models[model].items.fetch_add(count as u64, Ordering::Relaxed);
+    registry.models[model].items.fetch_add(count as u64, Ordering::Relaxed);
+    for (item, row) in batch.into_iter().zip(self.out.chunks_exact(dimension.max(1))) {
+      // Settle the item (it leaves `outstanding`) before its request may be answered, so a
+      // caller that gets its answer never sees its own items still counted.
+      let (request, index) = (Arc::clone(&item.request), item.index);
+      drop(item);
+      request.complete_row(index, row);
+    }
   }
 
   /// Expected nanoseconds of a batch of `padded` tokens of `model` on this worker, from its
@@ -1947,47 +2005,83 @@ impl WorkerThread {
     error: &BackendError,
     padded: usize,
   ) {
-    let registry = Arc::clone(&self.registry);
-    let cancelling = registry.closing() == CANCEL;
-    match error.kind {
-      BackendErrorKind::OutOfMemory if batch.len() > 1 && !cancelling => {
-        // Smaller batches may fit: halve the budget for good and run the items again.
-        self.controllers[model].out_of_memory(padded);
-        for item in batch {
-          self.deques[model].push(item);
-        }
+    let cancelling = self.registry.closing() == CANCEL;
+    if error.kind == BackendErrorKind::OutOfMemory && batch.len() > 1 && !cancelling {
+      // Smaller batches may fit: halve the budget for good and run the items again.
+      self.controllers[model].out_of_memory(padded);
+      for item in batch {
+        self.deques[model].push(item);
       }
-      BackendErrorKind::InvalidInput => {
-        for item in batch {
-          item.request.fail(PoolError::Backend(error.clone()));
-        }
+    } else if batch.len() > 1 && !cancelling {
+      self.isolate(model, batch, error);
+    } else {
+      for item in batch {
+        self.retry_or_fail(item, error, cancelling);
       }
-      _ => {
-        let max_attempts = registry.config.max_attempts.max(1);
-        let mut requeued = false;
-        for mut item in batch {
-          item.attempts += 1;
-          if item.attempts >= max_attempts || cancelling || item.request.is_finished() {
-            item.request.fail(if cancelling {
-              PoolError::Closed
-            } else {
-              PoolError::Backend(error.clone())
-            });
-          } else {
-            registry.push(item);
-            requeued = true;
-          }
-        }
-        if requeued {
-          registry.sleep.notify(Wake::All);
-        }
-        self.failures += 1;
-        if self.failures == max_attempts {
-          registry.emit(Event::WorkerFailed { worker: self.index, error: error.clone() });
-        }
-        self.back_off();
+      if error.kind != BackendErrorKind::InvalidInput {
+        self.worker_failed(error);
       }
     }
+  }
+
+  /// One text can make a whole batch fail: runs the batch again in halves, and the failing
+  /// halves in halves again, so that only the texts that fail on their own are retried or
+  /// failed, and the texts batched with them are answered. When no part succeeds, the worker
+  /// rather than a text is at fault: that counts as one failed batch, with its back-off.
+  fn isolate(&mut self, model: usize, batch: Vec<Queued>, error: &BackendError) {
+    let halve = |mut part: Vec<Queued>| {
+      let second = part.split_off(part.len() / 2);
+      [part, second]
+    };
+    let mut parts = Vec::from(halve(batch));
+    let mut succeeded = false;
+    let mut culprits = Vec::new();
+    while let Some(part) = parts.pop() {
+      if self.registry.closing() == CANCEL {
+        culprits.extend(part.into_iter().map(|item| (item, error.clone())));
+        continue;
+      }
+      match self.execute(model, &part) {
+        Ok(()) => {
+          succeeded = true;
+          self.complete(model, part, Instant::now());
+        }
+        Err(_) if part.len() > 1 => parts.extend(halve(part)),
+        Err(own) => culprits.extend(part.into_iter().map(|item| (item, own.clone()))),
+      }
+    }
+    let cancelling = self.registry.closing() == CANCEL;
+    for (item, own) in culprits {
+      self.retry_or_fail(item, &own, cancelling);
+    }
+    if !succeeded && error.kind != BackendErrorKind::InvalidInput {
+      self.worker_failed(error);
+    }
+  }
+
+  /// A text whose run failed: failed at once for invalid input, when the pool is cancelling or
+  /// after `max_attempts` runs; else queued again for any worker.
+  fn retry_or_fail(&self, mut item: Queued, error: &BackendError, cancelling: bool) {
+    let registry = &self.registry;
+    item.attempts += 1;
+    let last = item.attempts >= registry.config.max_attempts.max(1);
+    if last || cancelling || error.kind == BackendErrorKind::InvalidInput {
+      let request = Arc::clone(&item.request);
+      drop(item);
+      request.fail(if cancelling { PoolError::Closed } else { PoolError::Backend(error.clone()) });
+    } else if !item.request.is_finished() {
+      registry.push(item);
+      registry.sleep.notify(Wake::All);
+    }
+  }
+
+  /// Counts a failed batch against the worker and backs off.
+  fn worker_failed(&mut self, error: &BackendError) {
+    self.failures += 1;
+    if self.failures == self.registry.config.max_attempts.max(1) {
+      self.registry.emit(Event::WorkerFailed { worker: self.index, error: error.clone() });
+    }
+    self.back_off();
   }
 
   /// Pauses after consecutive failures: `backoff_initial × 2^(failures-1)`, at most
@@ -2034,10 +2128,14 @@ fn runnable(item: Queued, now: Instant) -> Option<Queued> {
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-  let detail = panic
+  format!("the backend panicked: {}", payload_text(panic))
+}
+
+/// The message a panic carried.
+fn payload_text(panic: &(dyn std::any::Any + Send)) -> String {
+  panic
     .downcast_ref::<&str>()
     .map(ToString::to_string)
     .or_else(|| panic.downcast_ref::<String>().cloned())
-    .unwrap_or_else(|| "unknown payload".to_owned());
-  format!("the backend panicked: {detail}")
+    .unwrap_or_else(|| "unknown payload".to_owned())
 }

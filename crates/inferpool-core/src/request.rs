@@ -40,12 +40,34 @@ impl Priority {
 }
 
 /// Per-request options of [`crate::Pool::submit`].
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct SubmitOptions {
   /// Queue class.
   pub priority: Priority,
   /// Items not started by then are not run; the request fails with [`PoolError::Timeout`].
   pub deadline: Option<Instant>,
+  /// Lets the caller cancel the request from the moment it is submitted, tokenization
+  /// included.
+  pub handle: Option<std::sync::Arc<crate::CallHandle>>,
+  /// Told how many of the request's items are done, every [`Progress::every`] items (and not
+  /// for the last one: the reply says that).
+  pub progress: Option<Progress>,
+}
+
+/// A request's progress report: `report(done)` is called from a worker thread, outside every
+/// lock, each time another `every` items are done.
+#[derive(Clone)]
+pub struct Progress {
+  /// Items between two reports (at least 1).
+  pub every: usize,
+  /// Receives the number of items done.
+  pub report: std::sync::Arc<dyn Fn(usize) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Progress {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.debug_struct("Progress").field("every", &self.every).finish_non_exhaustive()
+  }
 }
 
 /// How a request is answered: the flat result (`items × dimension` values, row `i` for item `i`)
@@ -62,6 +84,8 @@ pub(crate) struct Request {
   pub(crate) priority: Priority,
   /// Latest start time, if any.
   pub(crate) deadline: Option<Instant>,
+  /// Where progress goes, if anywhere.
+  progress: Option<Progress>,
   /// Set once the reply has been taken; lets workers skip dead items cheaply.
   finished: AtomicBool,
   /// Rows written so far and the reply, under one lock.
@@ -85,12 +109,20 @@ impl std::fmt::Debug for Request {
 }
 
 impl Request {
-  pub(crate) fn new(items: usize, model: usize, options: SubmitOptions, reply: Reply) -> Self {
+  pub(crate) fn new(
+    items: usize,
+    model: usize,
+    priority: Priority,
+    deadline: Option<Instant>,
+    progress: Option<Progress>,
+    reply: Reply,
+  ) -> Self {
     Self {
       model,
       items,
-      priority: options.priority,
-      deadline: options.deadline,
+      priority,
+      deadline,
+      progress,
       finished: AtomicBool::new(false),
       state: Mutex::new(State { data: Vec::new(), remaining: items, reply: Some(reply) }),
     }
@@ -127,13 +159,21 @@ impl Request {
       state.remaining -= 1;
       if state.remaining == 0 {
         let data = std::mem::take(&mut state.data);
-        Self::take_reply(&mut state, &self.finished).map(|reply| (reply, data))
+        Self::take_reply(&mut state, &self.finished).map(|reply| Ok((reply, data)))
       } else {
-        None
+        let done = self.items - state.remaining;
+        let due = self.progress.as_ref().is_some_and(|p| done.is_multiple_of(p.every.max(1)));
+        due.then_some(Err(done))
       }
     };
-    if let Some((reply, data)) = done {
-      reply(Ok(data));
+    match done {
+      Some(Ok((reply, data))) => reply(Ok(data)),
+      Some(Err(done)) => {
+        if let Some(progress) = &self.progress {
+          (progress.report)(done);
+        }
+      }
+      None => {}
     }
   }
 

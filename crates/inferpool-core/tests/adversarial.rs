@@ -312,3 +312,119 @@ fn a_cancel_escalates_a_drain_and_both_closes_return() {
   assert!(closed > 0, "every call had run: the test did not exercise the escalation");
   assert!(pool.stats().workers.iter().all(|w| w.state == inferpool_core::WorkerState::Stopped));
 }
+
+/// A tokenizer that panics on a text containing `boom`, and takes `per_text` for every text.
+struct Fragile {
+  per_text: Duration,
+}
+
+impl inferpool_core::Tokenize for Fragile {
+  fn encode(&self, texts: &[String]) -> Result<Vec<inferpool_core::TokenizedText>, BackendError> {
+    assert!(!texts.iter().any(|t| t.contains("boom")), "the tokenizer met a bomb");
+    thread::sleep(self.per_text * u32::try_from(texts.len()).unwrap());
+    SimTokenizer.encode(texts)
+  }
+}
+
+fn fragile_pool(per_text: Duration) -> Pool {
+  Pool::new(
+    &config(1, u64::MAX),
+    Arc::new(Fragile { per_text }),
+    Box::new(|_| Ok(Box::new(SimBackend { dimension: 4, ..SimBackend::default() }))),
+  )
+  .unwrap()
+}
+
+/// A tokenizer panic fails the submit and releases its admission reservation: a draining close
+/// then returns instead of waiting for texts that were never queued.
+#[test]
+fn a_tokenizer_panic_fails_the_call_and_leaks_nothing() {
+  let pool = fragile_pool(Duration::ZERO);
+  let (tx, _rx) = mpsc::channel::<Outcome>();
+  let error = pool
+    .submit(&texts("boom", 3), SubmitOptions::default(), Box::new(move |r| tx.send(r).unwrap()))
+    .unwrap_err();
+  assert!(matches!(&error, PoolError::Backend(e) if e.kind == BackendErrorKind::Panic), "{error}");
+  assert_eq!(pool.stats().outstanding, 0);
+  let batch = texts("fine", 2);
+  assert_eq!(
+    submit(&pool, 0, &batch, Duration::from_secs(5)).recv_timeout(Duration::from_secs(5)).unwrap(),
+    Ok(expected(&batch))
+  );
+  let closing = Instant::now();
+  pool.close(CloseMode::Drain);
+  assert!(closing.elapsed() < Duration::from_secs(1));
+}
+
+/// A cancel or a deadline answers a call while its texts are still being tokenized, and the
+/// tokenizing stops soon after.
+#[test]
+fn a_cancel_or_deadline_answers_a_call_that_is_still_tokenizing() {
+  use inferpool_core::CallHandle;
+  let pool = Arc::new(fragile_pool(Duration::from_millis(1)));
+  let handle = Arc::new(CallHandle::new());
+  let (tx, rx) = mpsc::channel::<Outcome>();
+  let submitting = {
+    let (pool, handle) = (Arc::clone(&pool), Arc::clone(&handle));
+    thread::spawn(move || {
+      let options = SubmitOptions { handle: Some(handle), ..SubmitOptions::default() };
+      let started = Instant::now();
+      pool.submit(&texts("t", 5000), options, Box::new(move |r| tx.send(r).unwrap())).unwrap();
+      started.elapsed()
+    })
+  };
+  thread::sleep(Duration::from_millis(100));
+  let cancelled = Instant::now();
+  assert!(handle.cancel(PoolError::Cancelled));
+  assert_eq!(rx.recv_timeout(Duration::from_secs(1)).unwrap(), Err(PoolError::Cancelled));
+  assert!(cancelled.elapsed() < Duration::from_millis(100));
+  let took = submitting.join().unwrap();
+  assert!(took < Duration::from_secs(2), "tokenizing went on for {took:?} (5 s for all)");
+  // A deadline during tokenization answers `Timeout`.
+  let (tx, rx) = mpsc::channel::<Outcome>();
+  let options = SubmitOptions {
+    deadline: Some(Instant::now() + Duration::from_millis(50)),
+    ..SubmitOptions::default()
+  };
+  let started = Instant::now();
+  pool.submit(&texts("t", 5000), options, Box::new(move |r| tx.send(r).unwrap())).unwrap();
+  assert_eq!(rx.recv().unwrap(), Err(PoolError::Timeout));
+  assert!(started.elapsed() < Duration::from_secs(2));
+  assert_eq!(pool.stats().outstanding, 0);
+}
+
+/// One text that makes its batch fail fails only its own call: the batch is run again in
+/// halves until the culprit is alone, and the texts batched with it are answered.
+#[test]
+fn a_failing_text_fails_only_its_own_call() {
+  let mut config = config(1, u64::MAX);
+  config.policy.max_batch_size = 16;
+  let (pool, _) = start(
+    &config,
+    vec![spec("a", 1, 0)],
+    vec![0],
+    Arc::new(|_, _| {
+      Ok(SimBackend { dimension: 4, per_batch: Duration::from_millis(30), ..SimBackend::default() })
+    }),
+  )
+  .unwrap();
+  // Occupies the worker while the others queue, so that they share one batch.
+  let busy = submit(&pool, 0, &texts("busy", 1), Duration::from_secs(20));
+  thread::sleep(Duration::from_millis(5));
+  // Texts of one length, so that they batch together.
+  let same = |range: std::ops::Range<usize>| range.map(|i| format!("good text {i:02}")).collect();
+  let calls: Vec<Vec<String>> =
+    vec![same(0..3), vec!["fail text 99".to_owned()], same(3..7), same(7..8)];
+  let answers: Vec<_> =
+    calls.iter().map(|c| submit(&pool, 0, c, Duration::from_secs(20))).collect();
+  assert!(busy.recv_timeout(Duration::from_secs(10)).unwrap().is_ok());
+  for (call, rx) in calls.iter().zip(answers) {
+    let outcome = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    if call[0].contains("fail") {
+      assert!(matches!(&outcome, Err(PoolError::Backend(e)) if e.kind == BackendErrorKind::Run));
+    } else {
+      assert_eq!(outcome, Ok(expected(call)), "{call:?} failed with the culprit");
+    }
+  }
+  assert_eq!(pool.stats().outstanding, 0);
+}

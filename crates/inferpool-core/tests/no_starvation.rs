@@ -27,7 +27,7 @@ fn bulk_progresses_under_constant_interactive_load() {
         let mut i = 0;
         while !stop.load(Ordering::Relaxed) {
           let texts: Vec<String> = (0..4).map(|k| format!("i{t}-{i}-{k}")).collect();
-          let (_, rx) = submit(&pool, &texts, options).unwrap();
+          let (_, rx) = submit(&pool, &texts, options.clone()).unwrap();
           rx.recv().unwrap().unwrap();
           i += 1;
         }

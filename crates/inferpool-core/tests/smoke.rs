@@ -153,24 +153,46 @@ fn dimension_is_the_backends() {
 }
 
 #[test]
-fn cancellation_by_id_works_before_and_after_registration() {
-  use inferpool_core::Cancellations;
+fn a_call_handle_cancels_before_and_after_the_submit() {
+  use inferpool_core::CallHandle;
   let pool = pool_with(&config(1, 1), SimBackend { per_batch: Duration::from_millis(30), ..sim() });
-  let registry = Cancellations::default();
   let busy: Vec<String> = (0..4).map(|i| format!("busy {i}")).collect();
   let (_, busy_rx) = submit(&pool, &busy, SubmitOptions::default()).unwrap();
-  // Cancelled after registration.
-  let (ticket, rx) = submit(&pool, &["one".to_owned()], SubmitOptions::default()).unwrap();
-  registry.register(1, ticket);
-  assert!(registry.cancel(1, PoolError::Timeout));
+  // Cancelled after the submit: answered at once, with the cancel's error.
+  let handle = Arc::new(CallHandle::new());
+  let options = SubmitOptions { handle: Some(Arc::clone(&handle)), ..SubmitOptions::default() };
+  let (_, rx) = submit(&pool, &["one".to_owned()], options).unwrap();
+  assert!(handle.cancel(PoolError::Timeout));
+  assert!(!handle.cancel(PoolError::Cancelled), "a call is answered once");
   assert!(matches!(rx.recv().unwrap(), Err(PoolError::Timeout)));
-  // Cancelled before registration: applied when it registers.
-  assert!(!registry.cancel(2, PoolError::Cancelled));
-  let (ticket, rx) = submit(&pool, &["two".to_owned()], SubmitOptions::default()).unwrap();
-  registry.register(2, ticket);
-  assert!(matches!(rx.recv().unwrap(), Err(PoolError::Cancelled)));
-  registry.forget(1);
-  registry.forget(2);
-  assert!(registry.is_empty());
+  // Cancelled before the submit: the submit is refused with that error.
+  let handle = Arc::new(CallHandle::new());
+  assert!(handle.cancel(PoolError::Cancelled));
+  let options = SubmitOptions { handle: Some(Arc::clone(&handle)), ..SubmitOptions::default() };
+  assert!(matches!(submit(&pool, &["two".to_owned()], options), Err(PoolError::Cancelled)));
   assert!(busy_rx.recv().unwrap().is_ok());
+  pool.close(CloseMode::Drain);
+  assert_eq!(pool.stats().items(), 4, "the cancelled texts never ran");
+  assert_eq!(pool.stats().outstanding, 0);
+}
+
+#[test]
+fn progress_is_reported_every_n_items_of_one_request() {
+  use std::sync::Mutex;
+
+  use inferpool_core::Progress;
+  let pool = pool_with(&config(1, 2), sim());
+  let seen = Arc::new(Mutex::new(Vec::new()));
+  let sink = Arc::clone(&seen);
+  let options = SubmitOptions {
+    progress: Some(Progress {
+      every: 3,
+      report: Arc::new(move |done| sink.lock().unwrap().push(done)),
+    }),
+    ..SubmitOptions::default()
+  };
+  let texts: Vec<String> = (0..10).map(|i| format!("text {i}")).collect();
+  let (_, rx) = submit(&pool, &texts, options).unwrap();
+  assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap(), expected(&texts));
+  assert_eq!(*seen.lock().unwrap(), vec![3, 6, 9], "the last item is told by the answer");
 }

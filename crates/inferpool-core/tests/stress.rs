@@ -56,6 +56,7 @@ fn every_request_is_answered_exactly_once() {
             priority: if rng.below(3) == 0 { Priority::Interactive } else { Priority::Bulk },
             deadline: (rng.below(10) == 0)
               .then(|| Instant::now() + Duration::from_micros(rng.below(3_000) as u64)),
+            ..SubmitOptions::default()
           };
           let tx = tx.clone();
           let sent = texts.clone();

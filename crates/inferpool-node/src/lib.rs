@@ -3,11 +3,16 @@
 //! Errors cross into JavaScript with their code as a prefix of the message (`CODE: message`);
 //! the TypeScript layer turns them into `PoolError` with that `code`.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+  panic::{AssertUnwindSafe, catch_unwind},
+  path::PathBuf,
+  sync::{Arc, Mutex},
+  time::Duration,
+};
 
 use inferpool_core::{
-  BackendError, BackendErrorKind, BatchPolicy, Cancellations, CloseMode, Event, HistogramSnapshot,
-  ModelConfig, Models, Pool, PoolConfig, PoolError, Priority, SubmitOptions, Tokenize,
+  BackendError, BackendErrorKind, BatchPolicy, CallHandle, CloseMode, Event, HistogramSnapshot,
+  ModelConfig, Models, Pool, PoolConfig, PoolError, Priority, Progress, SubmitOptions, Tokenize,
   UnloadReason, WorkerState,
 };
 use inferpool_ort::{
@@ -57,6 +62,11 @@ fn number(n: impl TryInto<u64>) -> f64 {
   n.try_into().unwrap_or(u64::MAX) as f64
 }
 
+/// Runs `f`, turning a panic into an `INTERNAL` error: a panic must never unwind into Node.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+  catch_unwind(AssertUnwindSafe(f)).map_err(|_| coded("INTERNAL", format!("{what} panicked")))
+}
+
 fn join_error(error: &tokio::task::JoinError) -> napi::Error {
   coded("INTERNAL", format!("a pool task failed: {error}"))
 }
@@ -74,7 +84,8 @@ pub struct BindingRuntimeInfo {
 /// Loads ONNX Runtime from an absolute path (once per process).
 #[napi]
 pub fn init_runtime_library(path: String) -> Result<BindingRuntimeInfo> {
-  let info = init_runtime(&PathBuf::from(path)).map_err(|e| backend_error(&e))?;
+  let info = guarded("loading ONNX Runtime", || init_runtime(&PathBuf::from(path)))?
+    .map_err(|e| backend_error(&e))?;
   Ok(BindingRuntimeInfo { path: info.path.to_string_lossy().into_owned(), version: info.version })
 }
 
@@ -158,6 +169,9 @@ pub struct BindingEvent {
 /// Where the binding sends events: does not keep the process alive.
 type EventCallback = ThreadsafeFunction<BindingEvent, (), BindingEvent, Status, false, true>;
 
+/// Where a call's progress goes (texts done): does not keep the process alive.
+type ProgressCallback = ThreadsafeFunction<u32, (), u32, Status, false, true>;
+
 fn index(n: usize) -> u32 {
   u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -204,7 +218,6 @@ pub struct BindingPool {
   inner: Arc<Pool>,
   /// Longest token sequence of each model.
   max_lengths: Vec<u32>,
-  cancellations: Arc<Cancellations>,
   /// Device of each worker, by worker index.
   devices: Vec<String>,
   /// Why a GPU worker runs on the CPU, by worker index.
@@ -430,13 +443,54 @@ pub async fn create_pool(
     .await
     .map_err(|e| join_error(&e))?;
   let (pool, max_lengths) = built.map_err(|e| backend_error(&e))?;
-  Ok(BindingPool {
-    cancellations: Arc::default(),
-    devices: labels,
-    fallbacks,
-    inner: Arc::new(pool),
-    max_lengths,
-  })
+  Ok(BindingPool { devices: labels, fallbacks, inner: Arc::new(pool), max_lengths })
+}
+
+/// Queue class of a call.
+#[napi(string_enum = "lowercase")]
+#[derive(Clone, Copy, Debug)]
+pub enum BindingPriority {
+  /// Served first.
+  Interactive,
+  /// Served when no interactive work waits, and every few batches regardless.
+  Bulk,
+}
+
+/// What a call is answered with.
+type Outcome = std::result::Result<Vec<f32>, PoolError>;
+/// Where a call's answer is sent.
+type Answer = tokio::sync::oneshot::Sender<Outcome>;
+
+/// One `embed` call: its answer, and the means to cancel it. Belongs to that call alone, so a
+/// cancel can never reach another one, and nothing is kept once it is collected.
+#[napi]
+#[derive(Debug)]
+pub struct BindingCall {
+  handle: Arc<CallHandle>,
+  answer: Mutex<Option<tokio::sync::oneshot::Receiver<Outcome>>>,
+}
+
+#[napi]
+impl BindingCall {
+  /// Resolves with the call's rows, or rejects with its error (once; a second call rejects).
+  #[napi]
+  pub async fn result(&self) -> Result<Float32Array> {
+    let answer = self.answer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let Some(answer) = answer else {
+      return Err(coded("INTERNAL", "the result of a call was asked for twice"));
+    };
+    let rows =
+      answer.await.map_err(|_| coded("INTERNAL", "a call was dropped without an answer"))?;
+    rows.map(Float32Array::new).map_err(|e| pool_error(&e))
+  }
+
+  /// Answers the call with `TIMEOUT` when `timedOut`, else with `ABORTED`, unless it has been
+  /// answered; its texts not started yet are not run. Returns whether this decided the outcome.
+  #[napi]
+  pub fn cancel(&self, timed_out: bool) -> bool {
+    let error = if timed_out { PoolError::Timeout } else { PoolError::Cancelled };
+    catch_unwind(AssertUnwindSafe(|| self.handle.cancel(error))).unwrap_or(false)
+  }
 }
 
 #[napi]
@@ -455,52 +509,58 @@ impl BindingPool {
     self.max_lengths.get(model as usize).copied().unwrap_or(0)
   }
 
-  /// Embeds `texts` with model `model`; resolves with `texts.length × dimension` values, row `i`
-  /// for text `i`. `requestId` (unique per pool) lets `cancel` reach this call; `priority` is
-  /// `interactive` or `bulk`; texts not started within `timeoutMs` are not run.
+  /// Starts embedding `texts` with model `model` and returns the call at once: its `result()`
+  /// resolves with `texts.length × dimension` values, row `i` for text `i`; its `cancel()`
+  /// answers it at any time, while its texts are tokenized too. `priority` is `interactive` or
+  /// `bulk`; texts not started within `timeoutMs` are not run. `onProgress` is told how many
+  /// texts are done every `progressEvery` texts (not for the last one: `result()` says that).
   #[napi]
-  pub async fn embed(
+  pub fn embed(
     &self,
     model: u32,
     texts: Vec<String>,
-    request_id: u32,
-    priority: String,
+    priority: BindingPriority,
     timeout_ms: Option<u32>,
-  ) -> Result<Float32Array> {
-    let priority = match priority.as_str() {
-      "interactive" => Priority::Interactive,
-      "bulk" => Priority::Bulk,
-      other => return Err(coded("INVALID_INPUT", format!("unknown priority {other:?}"))),
+    progress_every: Option<u32>,
+    on_progress: Option<ProgressCallback>,
+  ) -> Result<BindingCall> {
+    let priority = match priority {
+      BindingPriority::Interactive => Priority::Interactive,
+      BindingPriority::Bulk => Priority::Bulk,
     };
     let deadline =
       timeout_ms.map(|ms| std::time::Instant::now() + Duration::from_millis(u64::from(ms)));
-    let options = SubmitOptions { priority, deadline };
-    let (pool, cancellations) = (Arc::clone(&self.inner), Arc::clone(&self.cancellations));
-    let id = u64::from(request_id);
+    let handle = Arc::new(CallHandle::new());
+    let progress = on_progress.map(|callback| Progress {
+      every: progress_every.unwrap_or(1).max(1) as usize,
+      report: Arc::new(move |done| {
+        let _ = callback.call(index(done), ThreadsafeFunctionCallMode::NonBlocking);
+      }),
+    });
+    let options = SubmitOptions { priority, deadline, handle: Some(Arc::clone(&handle)), progress };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    // Tokenization runs inside `submit_to`: keep it on a blocking thread, off the event loop
-    // and off the runtime's async workers.
-    let submitted = tokio::task::spawn_blocking(move || {
-      let ticket = pool.submit_to(
-        model as usize,
-        &texts,
-        options,
-        Box::new(move |result| {
-          // The receiver is gone only when the caller's future was dropped; nothing to tell.
-          let _ = tx.send(result);
-        }),
-      )?;
-      cancellations.register(id, ticket);
-      Ok::<_, PoolError>(())
-    })
-    .await
-    .map_err(|e| join_error(&e))?;
-    let values = match submitted {
-      Ok(()) => rx.await.map_err(|_| coded("INTERNAL", "a request was dropped without an answer")),
-      Err(error) => Err(pool_error(&error)),
+    // Whichever answers first, the pool's reply or the submit's own error, uses the sender.
+    let sender = Arc::new(Mutex::new(Some(tx)));
+    let answer = move |sender: &Mutex<Option<Answer>>, result| {
+      let taken = sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+      // The receiver is gone only when the call object was collected; nothing to tell.
+      if let Some(tx) = taken {
+        let _ = tx.send(result);
+      }
     };
-    self.cancellations.forget(id);
-    values?.map(Float32Array::new).map_err(|e| pool_error(&e))
+    let pool = Arc::clone(&self.inner);
+    // Tokenization runs inside `submit_to`: keep it on a blocking thread, off the event loop.
+    napi::bindgen_prelude::spawn_blocking(move || {
+      let reply_sender = Arc::clone(&sender);
+      let reply = Box::new(move |result| answer(&reply_sender, result));
+      let submitted =
+        catch_unwind(AssertUnwindSafe(|| pool.submit_to(model as usize, &texts, options, reply)))
+          .unwrap_or_else(|_| Err(PoolError::Internal("the submit panicked".to_owned())));
+      if let Err(error) = submitted {
+        answer(&sender, Err(error));
+      }
+    });
+    Ok(BindingCall { handle, answer: Mutex::new(Some(rx)) })
   }
 
   /// Loads model `model` on `workers` (every worker it may use when absent); resolves when
@@ -531,8 +591,11 @@ impl BindingPool {
 
   /// Counters and state of the pool, of every worker and of every model, read without locks.
   #[napi]
-  #[must_use]
-  pub fn status(&self) -> BindingStatus {
+  pub fn status(&self) -> Result<BindingStatus> {
+    guarded("reading the status", || self.status_now())
+  }
+
+  fn status_now(&self) -> BindingStatus {
     let stats = self.inner.stats();
     let models = stats
       .models
@@ -607,8 +670,11 @@ impl BindingPool {
 
   /// The pool's histograms per model (and per worker within each), read without locks.
   #[napi]
-  #[must_use]
-  pub fn metrics(&self) -> Vec<BindingModelHistograms> {
+  pub fn metrics(&self) -> Result<Vec<BindingModelHistograms>> {
+    guarded("reading the metrics", || self.metrics_now())
+  }
+
+  fn metrics_now(&self) -> Vec<BindingModelHistograms> {
     let stats = self.inner.stats();
     stats
       .models
@@ -624,13 +690,13 @@ impl BindingPool {
       .collect()
   }
 
-  /// Cancels the call `requestId`, answering it with `TIMEOUT` when `timedOut`, else with
-  /// `ABORTED`; its texts not yet started are not run.
+  /// Stops admission now, on the calling thread, and tells the workers to drain or (unless
+  /// `drain`) cancel: what is queued fails with `POOL_CLOSED` at once, and so do calls made
+  /// before whose texts have not reached the pool yet. `close` then waits for the threads.
   #[napi]
-  #[must_use]
-  pub fn cancel(&self, request_id: u32, timed_out: bool) -> bool {
-    let error = if timed_out { PoolError::Timeout } else { PoolError::Cancelled };
-    self.cancellations.cancel(u64::from(request_id), error)
+  pub fn begin_close(&self, drain: bool) -> Result<()> {
+    let mode = if drain { CloseMode::Drain } else { CloseMode::Cancel };
+    guarded("closing the pool", || self.inner.begin_close(mode))
   }
 
   /// Stops the pool: `drain` runs what is queued first, otherwise queued items fail with
