@@ -325,6 +325,23 @@ describe('scheduling', () => {
   })
 })
 
+describe('waiting for room', () => {
+  it('keeps waiting calls in call order, natively, and answers each', async () => {
+    // The built-in model is slow enough here that the first call is still running while the
+    // others are looked at.
+    const pool = await create({ cpuWorkers: 1, maxQueuedItems: 40, whenFull: 'wait' })
+    const sizes = [30, 20, 5]
+    const calls = sizes.map((n, c) =>
+      pool.embed(Array.from({ length: n }, (_, i) => `call ${c} text ${i} ${'word '.repeat(40)}`)),
+    )
+    // The third call would fit beside the first, but waits behind the second: nothing overtakes.
+    await expect.poll(() => pool.status().waiting, { interval: 5 }).toBe(25)
+    const results = await within(Promise.all(calls), 60_000, 'the waiting calls')
+    expect(results.map((r) => r.length)).toEqual(sizes)
+    expect(pool.status().waiting).toBe(0)
+  })
+})
+
 describe('chaos', () => {
   it('settles every call exactly once through aborts, timeouts, switches and a close', async () => {
     const pool = await create({

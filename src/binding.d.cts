@@ -180,6 +180,11 @@ export interface BindingPoolOptions {
   cpuFallback: boolean
   /** Whether such a worker is marked failed and the pool starts without it. */
   tolerateDeviceFailures: boolean
+  /**
+   * Whether a call beyond `maxQueuedItems` waits for room (in call order) instead of failing
+   * with `OVERLOADED`.
+   */
+  waitWhenFull: boolean
   /** A model unused this long on a worker is unloaded there, milliseconds. */
   idleTimeoutMs?: number
   /** Most loads that evict another model, per worker and hour. */
@@ -210,6 +215,8 @@ export interface BindingStatus {
   outstanding: number
   /** Texts running now. */
   inFlight: number
+  /** Texts of calls waiting for room (`whenFull: 'wait'`), not yet accepted. */
+  waiting: number
   /** Per worker. */
   workers: Array<BindingWorkerStatus>
   /** Per model. */

@@ -137,6 +137,8 @@ export interface PoolStatus {
   queued: number
   /** Texts running now. */
   inFlight: number
+  /** Texts of calls waiting for room (`whenFull: 'wait'`), not yet accepted. */
+  waiting: number
   /** Texts embedded since the pool started. */
   items: number
   /** Mean texts per second since the pool started. */
@@ -265,8 +267,6 @@ interface ModelEntry {
 
 /** What a pool keeps of its options. */
 interface Settings {
-  whenFull: 'reject' | 'wait'
-  maxQueuedItems: number
   models: ModelEntry[]
   /** Index of the model `embed` uses without `{ model }`. */
   defaultModel: number
@@ -781,10 +781,6 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
   /** When the pool started, for rates in {@link Pool.status}. */
   readonly #started = performance.now()
   readonly #settings: Settings
-  /** Calls waiting for room (`whenFull: 'wait'`): woken whenever a call settles. */
-  #waiters: (() => void)[] = []
-  /** Their promises, which a drain also waits for. */
-  readonly #waiting = new Set<Promise<unknown>>()
 
   /** Width of the default model's embeddings (384 for the built-in model). */
   readonly dimension: number
@@ -890,6 +886,7 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
           maxWaitMs,
           cpuFallback,
           tolerateDeviceFailures: onDeviceFailure === 'unavailable',
+          waitWhenFull: whenFull === 'wait',
           idleTimeoutMs,
           maxSwitchesPerHour,
           switchDelayMs,
@@ -905,7 +902,7 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
         path: spec.path,
         maxLength: binding.maxLength(index),
       }))
-      const pool = new Pool(binding, runtime, { whenFull, maxQueuedItems, models, defaultModel: defaultIndex, devices })
+      const pool = new Pool(binding, runtime, { models, defaultModel: defaultIndex, devices })
       emitter.pool = pool
       // Events of the start (the preloads) reach listeners attached right after `create`.
       setImmediate(() => {
@@ -1071,6 +1068,7 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
       outstanding: native.outstanding,
       queued: Math.max(0, native.outstanding - native.inFlight),
       inFlight: native.inFlight,
+      waiting: native.waiting,
       items,
       itemsPerSecond: (items * 1000) / lifetimeMs,
       workers,
@@ -1375,67 +1373,9 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
     if (signal?.aborted) throw aborted(signal)
     if (texts.length === 0) return []
     const call: Call = { model, texts, priority, signal, onProgress: options.onProgress }
-    if (this.#settings.whenFull === 'reject' || texts.length > this.#settings.maxQueuedItems) {
-      return this.#submit(call, timeoutMs)
-    }
-    const waiting = this.#submitOrWait(call, timeoutMs)
-    this.#waiting.add(waiting)
-    try {
-      return await waiting
-    } finally {
-      this.#waiting.delete(waiting)
-    }
-  }
-
-  /** `whenFull: 'wait'`: submits, and on `OVERLOADED` waits for a call to settle and retries. */
-  async #submitOrWait(call: Call, timeoutMs: number | undefined): Promise<Float32Array[]> {
-    const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs
-    while (true) {
-      const left = deadline === undefined ? undefined : Math.ceil(deadline - performance.now())
-      if (left !== undefined && left <= 0) throw timedOut(timeoutMs as number)
-      try {
-        return await this.#submit(call, left)
-      } catch (error) {
-        if (!(error instanceof PoolError) || error.code !== 'OVERLOADED') throw error
-      }
-      await this.#room(call.signal, deadline, timeoutMs)
-    }
-  }
-
-  /** Resolves when some call settles (there may be room then); rejects on abort or timeout. */
-  #room(signal: AbortSignal | undefined, deadline: number | undefined, timeoutMs: number | undefined): Promise<void> {
-    // Nothing in flight: the room was freed before this call looked; retry at once.
-    if (this.#pending.size === 0) return Promise.resolve()
-    return new Promise<void>((resolve, reject) => {
-      let timer: ReturnType<typeof setTimeout> | undefined
-      const stopListening = () => {
-        clearTimeout(timer)
-        signal?.removeEventListener('abort', onAbort)
-      }
-      // Called by #wakeWaiters, which has already taken it off the list.
-      const wake = () => {
-        stopListening()
-        resolve()
-      }
-      const leave = (error: PoolError) => {
-        stopListening()
-        this.#waiters = this.#waiters.filter((w) => w !== wake)
-        reject(error)
-      }
-      const onAbort = () => leave(aborted(signal as AbortSignal))
-      this.#waiters.push(wake)
-      signal?.addEventListener('abort', onAbort, { once: true })
-      if (deadline !== undefined) {
-        timer = setTimeout(() => leave(timedOut(timeoutMs as number)), Math.max(0, deadline - performance.now()))
-      }
-    })
-  }
-
-  /** Wakes every call waiting for room; each tries again, in the order they came. */
-  #wakeWaiters(): void {
-    const waiters = this.#waiters
-    this.#waiters = []
-    for (const wake of waiters) wake()
+    // With `whenFull: 'wait'`, a call beyond the limit waits natively, in call order, and its
+    // signal and timeout still apply there.
+    return this.#submit(call, timeoutMs)
   }
 
   /** Hands one call to the native pool and waits for its rows. */
@@ -1475,19 +1415,15 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
     signal?.addEventListener('abort', onAbort, { once: true })
     const timer = timeoutMs === undefined ? undefined : setTimeout(() => native.cancel(true), timeoutMs)
     let flat: Float32Array
-    let admitted = true
     try {
       flat = await call
     } catch (error) {
       const failure = fromNative(error)
-      admitted = failure.code !== 'OVERLOADED'
       if (failure.code === 'ABORTED' && signal?.aborted) throw aborted(signal, failure)
       if (failure.code === 'TIMEOUT' && timeoutMs !== undefined) throw timedOut(timeoutMs, failure)
       throw failure
     } finally {
       this.#pending.delete(call)
-      // A call that was queued has left: every waiting call tries again, in the order they came.
-      if (admitted) this.#wakeWaiters()
       clearTimeout(timer)
       signal?.removeEventListener('abort', onAbort)
     }
@@ -1543,7 +1479,6 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
       return Promise.reject(fromNative(error))
     }
     this.#cancelling = this.#stop(false)
-    this.#wakeWaiters()
     return this.#cancelling
   }
 
@@ -1556,10 +1491,10 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
     }
   }
 
-  /** Resolves once no call is in flight or waiting for room. */
+  /** Resolves once no call is in flight (waiting for room included). */
   async #settled(): Promise<void> {
-    while (this.#pending.size > 0 || this.#waiting.size > 0) {
-      await Promise.allSettled([...this.#pending, ...this.#waiting])
+    while (this.#pending.size > 0) {
+      await Promise.allSettled([...this.#pending])
     }
   }
 

@@ -12,6 +12,7 @@
 //! ONNX Runtime or a GPU.
 
 mod adaptive;
+mod admission;
 mod backend;
 mod batch;
 mod cancel;

@@ -55,6 +55,7 @@ use crate::{
   AdaptiveConfig, Backend, BackendError, BackendErrorKind, BackendFactory, BatchPolicy, PoolError,
   Tokenize,
   adaptive::Controller,
+  admission::{Admission, Waiting},
   batch::{Outstanding, Queued, select},
   metrics::{HistogramSnapshot, PoolHistograms, WorkerHistograms},
   model::{Event, EventSink, ModelConfig, ModelFactory, Models, UnloadReason, Usage},
@@ -118,6 +119,10 @@ pub struct PoolConfig {
   /// [`WorkerState::Failed`] and the pool starts without it (instead of failing to start), as
   /// long as every model keeps a worker.
   pub tolerate_device_failures: bool,
+  /// A request that would exceed `max_queued_items` waits, in submission order, until earlier
+  /// work completes and it fits ([`crate::admission`]), instead of failing with
+  /// [`PoolError::Overloaded`]. A request larger than `max_queued_items` alone fails either way.
+  pub wait_when_full: bool,
 }
 
 impl Default for PoolConfig {
@@ -135,6 +140,7 @@ impl Default for PoolConfig {
       max_switches_per_hour: None,
       switch_delay: Duration::from_millis(100),
       tolerate_device_failures: false,
+      wait_when_full: false,
     }
   }
 }
@@ -299,6 +305,8 @@ pub struct PoolStats {
   pub outstanding: usize,
   /// Items running now.
   pub in_flight: usize,
+  /// Items of requests waiting for room (`wait_when_full`), not yet accepted.
+  pub waiting: usize,
   /// Per worker.
   pub workers: Vec<WorkerStats>,
   /// Per model.
@@ -473,6 +481,8 @@ struct Registry {
   outstanding: Arc<Outstanding>,
   /// Admission order.
   next_seq: AtomicU64,
+  /// Requests waiting for room (`wait_when_full`).
+  admission: Admission,
   /// Per-worker counters.
   workers: Vec<WorkerShared>,
   /// Per-worker commands; `None` once the worker has exited.
@@ -500,6 +510,58 @@ impl Registry {
 
   fn nanos_since_epoch(&self) -> u64 {
     u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+  }
+
+  /// Queues the tokenized items of `request` (their places already reserved in the pool's
+  /// outstanding count) and wakes workers.
+  fn enqueue(&self, model: usize, request: &Arc<Request>, encoded: Vec<crate::TokenizedText>) {
+    let shared = &self.models[model];
+    let count = encoded.len();
+    if shared.queued_items() == 0 {
+      shared.served_at.store(self.nanos_since_epoch(), Ordering::Relaxed);
+    }
+    shared.outstanding.items.fetch_add(count, Ordering::SeqCst);
+    let tokens: usize = encoded.iter().map(|t| t.len().max(1)).sum();
+    shared.outstanding.tokens.fetch_add(tokens, Ordering::Relaxed);
+    self.outstanding.tokens.fetch_add(tokens, Ordering::Relaxed);
+    let now = Instant::now();
+    let first = self.next_seq.fetch_add(count as u64, Ordering::Relaxed);
+    for (index, input) in encoded.into_iter().enumerate() {
+      self.push(Queued {
+        request: Arc::clone(request),
+        index,
+        input,
+        seq: first + index as u64,
+        admitted_at: now,
+        attempts: 0,
+        outstanding: Arc::clone(&shared.outstanding),
+      });
+    }
+    self.sleep.notify(if count > 1 {
+      Wake::All
+    } else {
+      Wake::One { prefer: self.holder_mask(model) }
+    });
+    // A close that raced with this may have missed these items: settle them here.
+    if self.closing() == CANCEL {
+      drain_injectors(self);
+    }
+  }
+
+  /// Admits the waiting requests that fit now, in order (a cancelling close fails them).
+  fn admit_waiting(&self) {
+    if self.admission.items.load(Ordering::SeqCst) == 0 {
+      return;
+    }
+    let refuse = (self.closing() == CANCEL).then_some(PoolError::Closed);
+    let admitted =
+      self.admission.admit(&self.outstanding.items, self.config.max_queued_items, refuse.as_ref());
+    for (request, error) in admitted.failed {
+      request.fail(error);
+    }
+    for Waiting { request, model, items } in admitted.calls {
+      self.enqueue(model, &request, items);
+    }
   }
 
   /// Workers holding `model` now.
@@ -611,6 +673,7 @@ impl Pool {
       closing: AtomicU8::new(OPEN),
       outstanding,
       next_seq: AtomicU64::new(0),
+      admission: Admission::default(),
       workers: (0..config.workers).map(|_| WorkerShared::new(model_count)).collect(),
       commands: (0..config.workers).map(|_| Mutex::new(Some(Vec::new()))).collect(),
       threads: Mutex::new(Vec::new()),
@@ -707,6 +770,8 @@ impl Pool {
     let reply: Reply = Box::new(move |result| {
       registry_for_reply.models[model].histograms.end_to_end.record_duration(submitted.elapsed());
       reply(result);
+      // Its items have left: a waiting request may fit now.
+      registry_for_reply.admit_waiting();
     });
     let SubmitOptions { priority, deadline, handle, progress } = options;
     let request = Arc::new(Request::new(texts.len(), model, priority, deadline, progress, reply));
@@ -716,17 +781,21 @@ impl Pool {
       return Err(error);
     }
     let ticket = Ticket { request: Arc::clone(&request) };
-    // Reserve the places before looking at `closing` (both SeqCst): a drain that starts after
-    // this check then sees the reservation and keeps its workers until these items are done.
-    let before = registry.outstanding.items.fetch_add(texts.len(), Ordering::SeqCst);
-    let queued_before = shared.queued_items();
-    shared.outstanding.items.fetch_add(texts.len(), Ordering::SeqCst);
+    let count = texts.len();
+    let limit = registry.config.max_queued_items;
+    let wait = registry.config.wait_when_full && count <= limit;
+    // Reserve the places (or, when the request may wait, count it as waiting) before looking
+    // at `closing` (both SeqCst): a drain that starts after this check then sees it and keeps
+    // its workers until these items are done.
+    let reserved = if wait { &registry.admission.items } else { &registry.outstanding.items };
+    let before = reserved.fetch_add(count, Ordering::SeqCst);
     let release = |registry: &Registry| {
-      shared.outstanding.items.fetch_sub(texts.len(), Ordering::SeqCst);
-      registry.outstanding.items.fetch_sub(texts.len(), Ordering::SeqCst);
+      reserved.fetch_sub(count, Ordering::SeqCst);
       request.forget_reply();
-      // A draining worker may be waiting for the count to reach zero.
+      // A draining worker may be waiting for the count to reach zero, and waiting requests
+      // for room.
       registry.sleep.notify(Wake::All);
+      registry.admit_waiting();
     };
     if registry.closing() != OPEN {
       release(registry);
@@ -740,10 +809,10 @@ impl Pool {
       release(registry);
       return Err(PoolError::Unavailable(reason));
     }
-    let limit = registry.config.max_queued_items;
-    if before + texts.len() > limit {
+    if !wait && before + count > limit {
       release(registry);
-      return Err(PoolError::Overloaded { queued: before, requested: texts.len(), limit });
+      let queued = registry.outstanding.items.load(Ordering::Relaxed);
+      return Err(PoolError::Overloaded { queued, requested: count, limit });
     }
     let tokenizing = Instant::now();
     let encoded = match tokenize(&shared.config, &request, texts) {
@@ -759,33 +828,11 @@ impl Pool {
       }
     };
     shared.histograms.tokenize.record_duration(tokenizing.elapsed());
-    let now = Instant::now();
-    let tokens: usize = encoded.iter().map(|t| t.len().max(1)).sum();
-    shared.outstanding.tokens.fetch_add(tokens, Ordering::Relaxed);
-    registry.outstanding.tokens.fetch_add(tokens, Ordering::Relaxed);
-    if queued_before == 0 {
-      shared.served_at.store(registry.nanos_since_epoch(), Ordering::Relaxed);
-    }
-    let first = registry.next_seq.fetch_add(texts.len() as u64, Ordering::Relaxed);
-    for (index, input) in encoded.into_iter().enumerate() {
-      registry.push(Queued {
-        request: Arc::clone(&request),
-        index,
-        input,
-        seq: first + index as u64,
-        admitted_at: now,
-        attempts: 0,
-        outstanding: Arc::clone(&shared.outstanding),
-      });
-    }
-    registry.sleep.notify(if texts.len() > 1 {
-      Wake::All
+    if wait {
+      registry.admission.enqueue(Waiting { request, model, items: encoded });
+      registry.admit_waiting();
     } else {
-      Wake::One { prefer: registry.holder_mask(model) }
-    });
-    // A close that raced with this submit may have missed these items: settle them here.
-    if registry.closing() == CANCEL {
-      drain_injectors(registry);
+      registry.enqueue(model, &request, encoded);
     }
     Ok(ticket)
   }
@@ -931,6 +978,7 @@ impl Pool {
     PoolStats {
       outstanding: r.outstanding.items.load(Ordering::Relaxed),
       in_flight: models.iter().map(|m| m.in_flight).sum(),
+      waiting: r.admission.items.load(Ordering::Relaxed),
       workers,
       models,
     }
@@ -966,6 +1014,7 @@ impl Pool {
     if target == CANCEL {
       drain_injectors(registry);
     }
+    registry.admit_waiting();
     registry.sleep.notify(Wake::All);
     for thread in lock(&registry.threads).iter() {
       thread.unpark();
@@ -1254,7 +1303,10 @@ impl WorkerThread {
   fn run(mut self) {
     let registry = Arc::clone(&self.registry);
     run_worker(&registry.sleep, self.index, || {
-      catch_unwind(AssertUnwindSafe(|| self.round())).unwrap_or_else(|panic| {
+      let round = catch_unwind(AssertUnwindSafe(|| self.round()));
+      // Items it dropped this round (run, answered, expired) may make room.
+      registry.admit_waiting();
+      round.unwrap_or_else(|panic| {
         let error = BackendError::new(BackendErrorKind::Panic, panic_message(&*panic));
         self.failures += 1;
         self.shared().errors.fetch_add(1, Ordering::Relaxed);
@@ -1281,7 +1333,11 @@ impl WorkerThread {
     }
     // SeqCst with the reservation in `submit` and the decrement in `Queued::drop`: zero means
     // every accepted item has been settled and no submit can still add one.
-    if mode == DRAIN && self.registry.outstanding.items.load(Ordering::SeqCst) == 0 {
+    // Waiting requests first: one is counted there until its places are reserved.
+    if mode == DRAIN
+      && self.registry.admission.items.load(Ordering::SeqCst) == 0
+      && self.registry.outstanding.items.load(Ordering::SeqCst) == 0
+    {
       return Round::Exit;
     }
     self.set_state(WorkerState::Idle);

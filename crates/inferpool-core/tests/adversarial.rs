@@ -428,3 +428,93 @@ fn a_failing_text_fails_only_its_own_call() {
   }
   assert_eq!(pool.stats().outstanding, 0);
 }
+
+/// A pool whose requests wait for room: one worker, `limit` items accepted at most, each batch
+/// taking 40 ms.
+fn waiting_pool(limit: usize) -> Pool {
+  let mut config = config(1, u64::MAX);
+  config.max_queued_items = limit;
+  config.wait_when_full = true;
+  config.policy.max_batch_size = 64;
+  start(
+    &config,
+    vec![spec("a", 1, 0)],
+    vec![0],
+    Arc::new(|_, _| {
+      Ok(SimBackend { dimension: 4, per_batch: Duration::from_millis(40), ..SimBackend::default() })
+    }),
+  )
+  .unwrap()
+  .0
+}
+
+/// Requests beyond the limit wait in submission order: a small one that would fit does not
+/// overtake a larger one that came first, and each is answered correctly once admitted.
+#[test]
+fn waiting_requests_are_admitted_in_order_as_room_frees() {
+  let pool = waiting_pool(10);
+  let first = texts("first", 8);
+  let large = texts("large", 5);
+  let small = texts("small", 1);
+  let answers: Vec<_> =
+    [&first, &large, &small].iter().map(|t| submit(&pool, 0, t, Duration::from_secs(20))).collect();
+  let stats = pool.stats();
+  assert_eq!(stats.outstanding, 8, "the small request overtook the large one");
+  assert_eq!(stats.waiting, 6);
+  for (rx, sent) in answers.into_iter().zip([&first, &large, &small]) {
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Ok(expected(sent)));
+  }
+  let stats = pool.stats();
+  assert_eq!((stats.outstanding, stats.waiting), (0, 0));
+  // A request larger than the limit alone is refused at once.
+  let (tx, _rx) = mpsc::channel::<Outcome>();
+  let error = pool
+    .submit(&texts("huge", 11), SubmitOptions::default(), Box::new(move |r| tx.send(r).unwrap()))
+    .unwrap_err();
+  assert!(matches!(error, PoolError::Overloaded { requested: 11, limit: 10, .. }), "{error}");
+}
+
+/// A waiting request answers its cancel at once, and the requests behind it move up.
+#[test]
+fn a_waiting_request_can_be_cancelled_and_does_not_block_the_queue() {
+  use inferpool_core::CallHandle;
+  let pool = waiting_pool(4);
+  let first = submit(&pool, 0, &texts("first", 4), Duration::from_secs(20));
+  let handle = Arc::new(CallHandle::new());
+  let (tx, cancelled) = mpsc::channel::<Outcome>();
+  let options = SubmitOptions { handle: Some(Arc::clone(&handle)), ..SubmitOptions::default() };
+  pool.submit(&texts("second", 3), options, Box::new(move |r| tx.send(r).unwrap())).unwrap();
+  let third = submit(&pool, 0, &texts("third", 2), Duration::from_secs(20));
+  assert!(handle.cancel(PoolError::Cancelled));
+  assert_eq!(
+    cancelled.recv_timeout(Duration::from_millis(100)).unwrap(),
+    Err(PoolError::Cancelled)
+  );
+  assert!(first.recv_timeout(Duration::from_secs(10)).unwrap().is_ok());
+  assert_eq!(
+    third.recv_timeout(Duration::from_secs(10)).unwrap(),
+    Ok(expected(&texts("third", 2)))
+  );
+  assert_eq!(pool.stats().items(), 6, "the cancelled request never ran");
+}
+
+/// A draining close runs the waiting requests too; a cancelling one fails them.
+#[test]
+fn a_close_drains_or_fails_the_waiting_requests() {
+  for drain in [true, false] {
+    let pool = waiting_pool(3);
+    let answers: Vec<_> = (0..4)
+      .map(|i| submit(&pool, 0, &texts(&format!("call {i}"), 3), Duration::from_secs(20)))
+      .collect();
+    pool.close(if drain { CloseMode::Drain } else { CloseMode::Cancel });
+    let outcomes: Vec<Outcome> =
+      answers.into_iter().map(|rx| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+    if drain {
+      assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    } else {
+      assert!(outcomes[1..].iter().all(|o| *o == Err(PoolError::Closed)), "{outcomes:?}");
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.outstanding, stats.waiting), (0, 0));
+  }
+}

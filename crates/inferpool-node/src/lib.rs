@@ -137,6 +137,9 @@ pub struct BindingPoolOptions {
   pub cpu_fallback: bool,
   /// Whether such a worker is marked failed and the pool starts without it.
   pub tolerate_device_failures: bool,
+  /// Whether a call beyond `maxQueuedItems` waits for room (in call order) instead of failing
+  /// with `OVERLOADED`.
+  pub wait_when_full: bool,
   /// A model unused this long on a worker is unloaded there, milliseconds.
   pub idle_timeout_ms: Option<f64>,
   /// Most loads that evict another model, per worker and hour.
@@ -310,6 +313,8 @@ pub struct BindingStatus {
   pub outstanding: f64,
   /// Texts running now.
   pub in_flight: f64,
+  /// Texts of calls waiting for room (`whenFull: 'wait'`), not yet accepted.
+  pub waiting: f64,
   /// Per worker.
   pub workers: Vec<BindingWorkerStatus>,
   /// Per model.
@@ -425,6 +430,7 @@ pub async fn create_pool(
         max_switches_per_hour: options.max_switches_per_hour,
         switch_delay: Duration::from_millis(u64::from(options.switch_delay_ms)),
         tolerate_device_failures: options.tolerate_device_failures,
+        wait_when_full: options.wait_when_full,
         ..PoolConfig::default()
       };
       let events = on_event.map(|callback| {
@@ -619,6 +625,7 @@ impl BindingPool {
     BindingStatus {
       outstanding: number(stats.outstanding),
       in_flight: number(stats.in_flight),
+      waiting: number(stats.waiting),
       workers: stats
         .workers
         .iter()
