@@ -1494,7 +1494,7 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
   /** Resolves once no call is in flight (waiting for room included). */
   async #settled(): Promise<void> {
     while (this.#pending.size > 0) {
-      await Promise.allSettled([...this.#pending])
+      await Promise.allSettled(this.#pending)
     }
   }
 
