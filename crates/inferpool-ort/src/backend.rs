@@ -95,6 +95,30 @@ fn run_error(message: impl Into<String>) -> BackendError {
   BackendError::new(BackendErrorKind::Run, message)
 }
 
+/// How a failed `Session::run` is reported: an allocation failure (the CPU arena's or the
+/// device's) is [`BackendErrorKind::OutOfMemory`], so the pool retries the texts in smaller
+/// batches and caps its budget; anything else is a run failure.
+fn inference_error(message: String) -> BackendError {
+  /// Phrases ONNX Runtime and CUDA use for a failed allocation, lower case.
+  const OUT_OF_MEMORY: &[&str] = &[
+    "out of memory",
+    "failed to allocate memory",
+    "available memory of",
+    "bad_alloc",
+    "bad allocation",
+    "cudaerrormemoryallocation",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+  ];
+  let lower = message.to_lowercase();
+  let kind = if OUT_OF_MEMORY.iter().any(|phrase| lower.contains(phrase)) {
+    BackendErrorKind::OutOfMemory
+  } else {
+    BackendErrorKind::Run
+  };
+  BackendError::new(kind, message)
+}
+
 const INPUT_IDS: &str = "input_ids";
 const ATTENTION_MASK: &str = "attention_mask";
 const TOKEN_TYPE_IDS: &str = "token_type_ids";
@@ -227,7 +251,7 @@ impl OrtBackend {
     let outputs = self
       .session
       .run(inputs)
-      .map_err(|e| run_error(format!("inference on {device} failed: {e}")))?;
+      .map_err(|e| inference_error(format!("inference on {device} failed: {e}")))?;
     let value = outputs
       .get(self.output.as_str())
       .ok_or_else(|| run_error(format!("the model produced no {:?}", self.output)))?;
@@ -314,4 +338,35 @@ pub fn model_factory(
     };
     built.map(|b| Box::new(b) as Box<dyn Backend>)
   })
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn allocation_failures_are_out_of_memory_and_the_rest_run_failures() {
+    // Messages as ONNX Runtime's CPU arena, its CUDA allocator, cuBLAS and the C++ runtime
+    // word them.
+    for message in [
+      "Non-zero status code returned while running MatMul node. Name:'/MatMul' Status Message: \
+       /onnxruntime/core/framework/bfc_arena.cc:359 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*, bool, onnxruntime::WaitNotificationFn) Failed to allocate memory for requested buffer of size 4294967296",
+      "Available memory of 1048576 is smaller than requested bytes of 8388608",
+      "CUDA failure 2: out of memory ; GPU=0 ; hostname=x ; expr=cudaMalloc((void**)&p, size);",
+      "CUBLAS failure 3: CUBLAS_STATUS_ALLOC_FAILED ; GPU=0",
+      "std::bad_alloc",
+    ] {
+      assert_eq!(
+        inference_error(message.to_owned()).kind,
+        BackendErrorKind::OutOfMemory,
+        "{message}"
+      );
+    }
+    for message in [
+      "Non-zero status code returned while running Gather node. Status Message: indices element out of data bounds, idx=30522",
+      "Got invalid dimensions for input: input_ids for the following indices",
+    ] {
+      assert_eq!(inference_error(message.to_owned()).kind, BackendErrorKind::Run, "{message}");
+    }
+  }
 }
