@@ -4,11 +4,15 @@
 //   · one onnxruntime-node session on the main thread · the ceiling of a bare session.
 //
 // Usage: npm run bench [-- --quick] [-- --only inferpool,piscina,transformers,ort-main,ceiling]
-//   --quick   every workload ~10× smaller, to check the script
-//   --only    the contenders to run, comma-separated (default: all)
+//                      [-- --baseline /abs/path/to/other/dist]
+//   --quick     every workload ~10× smaller, to check the script
+//   --only      the contenders to run, comma-separated (default: all)
+//   --baseline  also runs inferpool from another build's dist folder (contender
+//               inferpool-baseline), to compare two versions in one run
 //
 // benny is the harness; each case is a whole workload of seconds, so it runs once and the table
 // comes from measurements taken inside the contender's own process (workloads.mjs).
+import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 
 import { add, complete, cycle, suite } from 'benny'
@@ -29,8 +33,13 @@ const CHECK_THRESHOLD = 0.999
 const ONCE = { initCount: 1, minSamples: 1, minTime: 1e-9, maxTime: 0, delay: 0 }
 
 const { values } = parseArgs({
-  options: { quick: { type: 'boolean', default: false }, only: { type: 'string' } },
+  options: {
+    quick: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    baseline: { type: 'string' },
+  },
 })
+if (values.baseline) process.env.INFERPOOL_BENCH_BASELINE = resolve(values.baseline)
 const contenders = select(values.only)
 const started = performance.now()
 
@@ -170,7 +179,7 @@ function checkTexts(texts) {
 }
 
 function select(only) {
-  if (!only) return CONTENDERS
+  if (!only) return CONTENDERS.filter((contender) => !contender.baseline || values.baseline)
   const ids = only.split(',').map((id) => id.trim())
   const unknown = ids.filter((id) => !CONTENDERS.some((contender) => contender.id === id))
   if (unknown.length > 0) {

@@ -6,4 +6,6 @@ export const CONTENDERS = [
   { id: 'transformers', label: 'transformers.js', peer: true },
   { id: 'ort-main', label: 'onnxruntime-node, main thread', peer: true },
   { id: 'ceiling', label: 'onnxruntime-node, session.run only' },
+  // Only with --baseline: inferpool from another build, to compare two versions in one run.
+  { id: 'inferpool-baseline', label: 'inferpool, baseline build', baseline: true },
 ]

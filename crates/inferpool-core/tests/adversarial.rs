@@ -3,44 +3,27 @@
 
 mod common;
 
+use common::{Build, Log, ModelSpec, multi_config, start_models};
+
 use std::{
-  sync::{Arc, Mutex, mpsc},
+  sync::{Arc, mpsc},
   thread,
   time::{Duration, Instant},
 };
 
 use inferpool_core::{
-  BackendError, BackendErrorKind, CloseMode, Event, ModelConfig, Models, Pool, PoolConfig,
-  PoolError, SubmitOptions,
+  BackendError, BackendErrorKind, CloseMode, Event, Pool, PoolConfig, PoolError, SubmitOptions,
   sim::{SimBackend, SimTokenizer, expected_row},
 };
 
 type Outcome = Result<Vec<f32>, PoolError>;
-type Log = Arc<Mutex<Vec<Event>>>;
 
-/// How the tests' factory builds model `model` for worker `worker`.
-type Build = Arc<dyn Fn(usize, usize) -> Result<SimBackend, BackendError> + Send + Sync>;
-
-struct Spec {
-  name: &'static str,
-  memory: u64,
-  priority: i32,
-  workers: Option<Vec<usize>>,
-}
-
-fn spec(name: &'static str, memory: u64, priority: i32) -> Spec {
-  Spec { name, memory, priority, workers: None }
+fn spec(name: &'static str, memory: u64, priority: i32) -> ModelSpec {
+  ModelSpec { name, memory, priority, workers: None }
 }
 
 fn config(workers: usize, budget: u64) -> PoolConfig {
-  PoolConfig {
-    workers,
-    memory_budget: vec![budget; workers],
-    backoff_initial: Duration::from_millis(1),
-    backoff_max: Duration::from_millis(20),
-    switch_delay: Duration::from_millis(5),
-    ..PoolConfig::default()
-  }
+  multi_config(workers, budget)
 }
 
 fn sim(per_token: Duration) -> Build {
@@ -49,33 +32,11 @@ fn sim(per_token: Duration) -> Build {
 
 fn start(
   config: &PoolConfig,
-  specs: Vec<Spec>,
+  specs: Vec<ModelSpec>,
   preload: Vec<usize>,
   build: Build,
 ) -> Result<(Pool, Log), BackendError> {
-  let log: Log = Arc::default();
-  let sink = Arc::clone(&log);
-  let models = specs
-    .into_iter()
-    .map(|s| ModelConfig {
-      priority: s.priority,
-      memory: s.memory,
-      workers: s.workers,
-      ..ModelConfig::new(s.name, Arc::new(SimTokenizer))
-    })
-    .collect();
-  let pool = Pool::with_models(
-    config,
-    Models {
-      models,
-      factory: Box::new(move |worker, model| {
-        build(worker, model).map(|b| Box::new(b) as Box<dyn inferpool_core::Backend>)
-      }),
-      preload,
-      events: Some(Arc::new(move |event| sink.lock().unwrap().push(event))),
-    },
-  )?;
-  Ok((pool, log))
+  start_models(config, specs, preload, build)
 }
 
 fn submit(

@@ -3,9 +3,11 @@
 
 mod common;
 
+use common::{Build, Log, ModelSpec, multi_config, start_models};
+
 use std::{
   collections::HashMap,
-  sync::{Arc, Mutex, mpsc},
+  sync::{Arc, mpsc},
   thread,
   time::{Duration, Instant},
 };
@@ -29,49 +31,20 @@ fn spec(name: &'static str, memory: u64, dimension: usize) -> Spec {
   Spec { name, memory, priority: 0, dimension, workers: None }
 }
 
-type Log = Arc<Mutex<Vec<Event>>>;
-
 fn start(config: &PoolConfig, specs: Vec<Spec>, per_token: Duration) -> (Pool, Log) {
-  let log: Log = Arc::default();
-  let sink = Arc::clone(&log);
   let dimensions: Vec<usize> = specs.iter().map(|s| s.dimension).collect();
-  let models = specs
+  let specs = specs
     .into_iter()
-    .map(|s| ModelConfig {
-      priority: s.priority,
-      memory: s.memory,
-      workers: s.workers,
-      ..ModelConfig::new(s.name, Arc::new(SimTokenizer))
-    })
+    .map(|s| ModelSpec { name: s.name, memory: s.memory, priority: s.priority, workers: s.workers })
     .collect();
-  let pool = Pool::with_models(
-    config,
-    Models {
-      models,
-      factory: Box::new(move |_, model| {
-        Ok(Box::new(SimBackend {
-          dimension: dimensions[model],
-          per_token,
-          ..SimBackend::default()
-        }))
-      }),
-      preload: Vec::new(),
-      events: Some(Arc::new(move |event| sink.lock().unwrap().push(event))),
-    },
-  )
-  .expect("pool starts");
-  (pool, log)
+  let build: Build = Arc::new(move |_, model| {
+    Ok(SimBackend { dimension: dimensions[model], per_token, ..SimBackend::default() })
+  });
+  start_models(config, specs, Vec::new(), build).expect("pool starts")
 }
 
 fn workers(count: usize, budget: u64) -> PoolConfig {
-  PoolConfig {
-    workers: count,
-    memory_budget: vec![budget; count],
-    backoff_initial: Duration::from_millis(1),
-    backoff_max: Duration::from_millis(20),
-    switch_delay: Duration::from_millis(5),
-    ..PoolConfig::default()
-  }
+  multi_config(count, budget)
 }
 
 type Outcome = Result<Vec<f32>, PoolError>;

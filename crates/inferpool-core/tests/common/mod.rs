@@ -2,12 +2,13 @@
 #![allow(dead_code, unreachable_pub, reason = "each test file uses a different subset")]
 
 use std::{
-  sync::{Arc, mpsc},
+  sync::{Arc, Mutex, mpsc},
   time::Duration,
 };
 
 use inferpool_core::{
-  BatchPolicy, Pool, PoolConfig, PoolError, SubmitOptions, Ticket,
+  Backend, BackendError, BatchPolicy, Event, ModelConfig, Models, Pool, PoolConfig, PoolError,
+  SubmitOptions, Ticket,
   sim::{SimBackend, SimTokenizer, expected_row},
 };
 
@@ -60,4 +61,62 @@ pub fn embed(pool: &Pool, texts: &[String]) -> Outcome {
 
 pub fn expected(texts: &[String]) -> Vec<f32> {
   texts.iter().flat_map(|t| expected_row(t, DIM)).collect()
+}
+
+/// One model of a multi-model test pool (its tokenizer is [`SimTokenizer`]).
+pub struct ModelSpec {
+  pub name: &'static str,
+  pub memory: u64,
+  pub priority: i32,
+  pub workers: Option<Vec<usize>>,
+}
+
+/// The events a test pool emitted, in order.
+pub type Log = Arc<Mutex<Vec<Event>>>;
+
+/// Builds model `model` for worker `worker`.
+pub type Build = Arc<dyn Fn(usize, usize) -> Result<SimBackend, BackendError> + Send + Sync>;
+
+/// `count` workers of `budget` bytes each, quick back-offs and a short switch delay.
+pub fn multi_config(count: usize, budget: u64) -> PoolConfig {
+  PoolConfig {
+    workers: count,
+    memory_budget: vec![budget; count],
+    backoff_initial: Duration::from_millis(1),
+    backoff_max: Duration::from_millis(20),
+    switch_delay: Duration::from_millis(5),
+    ..PoolConfig::default()
+  }
+}
+
+/// A pool of `specs`, preloading `preload`, whose backends `build` makes; and its event log.
+pub fn start_models(
+  config: &PoolConfig,
+  specs: Vec<ModelSpec>,
+  preload: Vec<usize>,
+  build: Build,
+) -> Result<(Pool, Log), BackendError> {
+  let log: Log = Arc::default();
+  let sink = Arc::clone(&log);
+  let models = specs
+    .into_iter()
+    .map(|s| ModelConfig {
+      priority: s.priority,
+      memory: s.memory,
+      workers: s.workers,
+      ..ModelConfig::new(s.name, Arc::new(SimTokenizer))
+    })
+    .collect();
+  let pool = Pool::with_models(
+    config,
+    Models {
+      models,
+      factory: Box::new(move |worker, model| {
+        build(worker, model).map(|b| Box::new(b) as Box<dyn Backend>)
+      }),
+      preload,
+      events: Some(Arc::new(move |event| sink.lock().unwrap().push(event))),
+    },
+  )?;
+  Ok((pool, log))
 }
