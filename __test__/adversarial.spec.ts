@@ -1,4 +1,5 @@
 import { getEventListeners } from 'node:events'
+import { join } from 'node:path'
 
 import { afterEach, describe, expect, it } from 'vitest'
 
@@ -339,6 +340,33 @@ describe('waiting for room', () => {
     const results = await within(Promise.all(calls), 60_000, 'the waiting calls')
     expect(results.map((r) => r.length)).toEqual(sizes)
     expect(pool.status().waiting).toBe(0)
+  })
+})
+
+describe('out of memory', () => {
+  it('runs a batch that exhausts ONNX Runtime memory again in smaller batches', async () => {
+    // A child process whose address space is capped about 250 MiB above what the pool uses after
+    // start: the first large batch of the built-in model cannot allocate its activations.
+    const count = 128
+    const { execFileSync } = await import('node:child_process')
+    const script = join(import.meta.dirname, 'fixtures', 'out-of-memory.mjs')
+    const line = execFileSync(process.execPath, [script, String(count), '250'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+      timeout: 120_000,
+    })
+    const result = JSON.parse(line.trim().split('\n').at(-1) as string)
+    expect(result.error).toBeUndefined()
+    expect(result.answered).toBe(count)
+    expect(result.errors).toBeGreaterThan(0)
+    expect(result.tokenBudget).toBeLessThan(1 << 20)
+    // The texts that ran in the smaller batches are embedded as without any limit.
+    const pool = await create({ cpuWorkers: 1 })
+    const texts = [0, count - 1].map((i) => `text ${i} ${'word '.repeat(200)}`)
+    const [first, last] = await pool.embed(texts)
+    const cosine = (a: Float32Array, b: number[]) => a.reduce((sum, x, i) => sum + x * b[i], 0)
+    expect(cosine(first, result.first)).toBeGreaterThan(0.9999)
+    expect(cosine(last, result.last)).toBeGreaterThan(0.9999)
   })
 })
 
