@@ -114,6 +114,11 @@ describe('options', () => {
       'INVALID_INPUT',
       /timeoutMs must be an integer from 1 to 2147483647/,
     )
+    await rejectsWith(
+      pool.embed(['a'], { timeOut: 5 } as object),
+      'INVALID_INPUT',
+      /unknown option "timeOut".*did you mean "timeoutMs"/,
+    )
     const stream = (options: object) => pool.embedStream(['a'], options).next()
     await rejectsWith(stream({ chunksize: 8 }), 'INVALID_INPUT', /unknown option "chunksize".*did you mean "chunkSize"/)
     await rejectsWith(stream({ highWaterMark: 0 }), 'INVALID_INPUT', /highWaterMark must be an integer from 1 to/)
