@@ -11,32 +11,27 @@
 //! Tests and the simulation run the real pool against [`sim::SimBackend`], so nothing here needs
 //! ONNX Runtime or a GPU.
 
-mod adaptive;
-mod admission;
 mod backend;
 mod batch;
 mod cancel;
+mod config;
 mod error;
 mod metrics;
-mod model;
-mod pool;
-mod queue;
+mod models;
 mod request;
-mod share;
+mod scheduler;
 pub mod sim;
-mod sleep;
+mod stats;
 
-pub use adaptive::AdaptiveConfig;
 pub use backend::{Backend, BackendFactory, Tokenize, TokenizedText};
-pub use batch::BatchPolicy;
+pub use batch::{BatchPolicy, adaptive::AdaptiveConfig};
 pub use cancel::CallHandle;
+pub use config::{CloseMode, MAX_MODELS, PoolConfig};
 pub use error::{BackendError, BackendErrorKind, PoolError};
 pub use metrics::{HistogramSnapshot, SECONDS_BUCKETS, SIZE_BUCKETS};
-pub use model::{
+pub use models::{
   Event, EventSink, ModelConfig, ModelFactory, Models, USAGE_HALF_LIFE, UnloadReason,
 };
-pub use pool::{
-  CloseMode, MAX_MODELS, ModelStats, Pool, PoolConfig, PoolStats, Ticket, WorkerModelStats,
-  WorkerState, WorkerStats,
-};
 pub use request::{Priority, Progress, Reply, SubmitOptions};
+pub use scheduler::{Pool, Ticket};
+pub use stats::{ModelStats, PoolStats, WorkerModelStats, WorkerState, WorkerStats};

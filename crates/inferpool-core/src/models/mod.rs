@@ -11,6 +11,9 @@
 //!
 //! A load that has to evict is a *switch*; `max_switches_per_hour` caps them per worker.
 
+pub(crate) mod placement;
+pub(crate) mod residency;
+
 use std::{
   sync::Arc,
   time::{Duration, Instant},

@@ -13,6 +13,10 @@
 //!    only pays when the items left out can batch with their own lengths later.
 //! 6. Nothing waits for a full batch: whatever the window holds is enough.
 
+pub(crate) mod adaptive;
+pub(crate) mod queue;
+pub(crate) mod share;
+
 use std::{
   sync::{
     Arc,

@@ -1,0 +1,434 @@
+//! A worker thread: its loop, and how it finds its next batch (crossbeam's `find_task` shape).
+
+use std::{
+  collections::VecDeque,
+  panic::{AssertUnwindSafe, catch_unwind},
+  sync::{Arc, atomic::Ordering},
+  time::Instant,
+};
+
+use crossbeam_deque::{Steal, Worker};
+
+use crate::{
+  BackendError, BackendErrorKind, Event, PoolError, UnloadReason, WorkerState,
+  batch::{
+    Queued,
+    adaptive::Controller,
+    queue::CLASSES,
+    select,
+    share::{Peer, fair_share},
+  },
+  models::residency::Slot,
+  scheduler::{
+    execute::panic_message,
+    registry::{CANCEL, Command, DRAIN, OPEN, Registry, WorkerShared, drain_injectors, lock},
+    sleep::{Round, Wake, run_worker},
+  },
+};
+
+/// Bulk goes first on every `FAIRNESS_INTERVAL`-th batch, even when interactive work waits, so
+/// bulk is never starved (tokio's `global_queue_interval` idea).
+const FAIRNESS_INTERVAL: u64 = 4;
+
+/// A worker whose speed is not yet measured runs batches this many times smaller.
+const FIRST_BATCH_DIVISOR: usize = 4;
+
+/// How many random victims a worker tries per steal round before it concludes there is nothing.
+const STEAL_ROUNDS: usize = 2;
+
+/// One model on one worker: the worker's share of the model's work and what it holds of it.
+pub(crate) struct WorkerModel {
+  /// The worker's deque of the model's items (others steal from its other end).
+  pub(crate) deque: Worker<Queued>,
+  /// The loaded backend, while the worker holds the model.
+  pub(crate) slot: Option<Slot>,
+  /// Adaptive budget and cost fit (kept across unloads).
+  pub(crate) controller: Controller,
+  /// Consecutive failed loads, and no new attempt on demand before the instant given.
+  pub(crate) load_failure: (u32, Option<Instant>),
+  /// The bulk length class its sweep takes from next.
+  pub(crate) cursor: usize,
+}
+
+/// One worker's private state (rayon's `WorkerThread`).
+pub(crate) struct WorkerThread {
+  pub(crate) index: usize,
+  pub(crate) registry: Arc<Registry>,
+  /// Per model, by index.
+  pub(crate) models: Vec<WorkerModel>,
+  /// When its recent switches happened (for `max_switches_per_hour`).
+  pub(crate) switches: VecDeque<Instant>,
+  /// When the earliest such pause of a model with queued work ends.
+  pub(crate) retry_at: Option<Instant>,
+  /// Batches taken so far (drives the fairness tick).
+  pub(crate) tick: u64,
+  /// Consecutive failed batches (drives the back-off).
+  pub(crate) failures: u32,
+  /// xorshift state for choosing steal victims.
+  pub(crate) rng: u64,
+  /// Reused output buffer.
+  pub(crate) out: Vec<f32>,
+}
+
+impl Drop for WorkerThread {
+  /// Whatever its deques still hold when it goes (only after a failure: a normal exit leaves
+  /// them empty) is answered, not lost.
+  fn drop(&mut self) {
+    for model in &self.models {
+      while let Some(item) = model.deque.pop() {
+        item.request.fail(PoolError::Closed);
+      }
+    }
+  }
+}
+
+impl WorkerThread {
+  pub(crate) fn new(index: usize, registry: Arc<Registry>, deques: Vec<Worker<Queued>>) -> Self {
+    let models: Vec<WorkerModel> = deques
+      .into_iter()
+      .map(|deque| WorkerModel {
+        deque,
+        slot: None,
+        controller: Controller::new(
+          registry.config.adaptive,
+          registry.config.policy.max_batch_tokens,
+        ),
+        load_failure: (0, None),
+        cursor: CLASSES - 1,
+      })
+      .collect();
+    registry.workers[index].token_budget.store(models[0].controller.budget(), Ordering::Relaxed);
+    Self {
+      index,
+      registry,
+      models,
+      switches: VecDeque::new(),
+      retry_at: None,
+      tick: 0,
+      failures: 0,
+      rng: 0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1),
+      out: Vec::new(),
+    }
+  }
+
+  pub(crate) fn shared(&self) -> &WorkerShared {
+    &self.registry.workers[self.index]
+  }
+
+  pub(crate) fn set_state(&self, state: WorkerState) {
+    self.shared().state.store(state as u8, Ordering::Relaxed);
+  }
+
+  /// Whether its batches have failed `max_attempts` times in a row.
+  pub(crate) fn failing(&self) -> bool {
+    self.failures >= self.registry.config.max_attempts.max(1)
+  }
+
+  /// The worker's loop ([`run_worker`]: the sleep epoch is read before each round). A panic
+  /// outside the backend call (which has its own guard) fails the calls whose texts the worker
+  /// held, counts as a failed batch, and the worker goes on after its back-off.
+  pub(crate) fn run(mut self) {
+    let registry = Arc::clone(&self.registry);
+    run_worker(&registry.sleep, self.index, || {
+      let round = catch_unwind(AssertUnwindSafe(|| self.round()));
+      // Items it dropped this round (run, answered, expired) may make room.
+      registry.admit_waiting();
+      round.unwrap_or_else(|panic| {
+        let error = BackendError::new(BackendErrorKind::Panic, panic_message(&*panic));
+        self.failures += 1;
+        self.shared().errors.fetch_add(1, Ordering::Relaxed);
+        registry.emit(Event::WorkerFailed { worker: self.index, error });
+        self.back_off();
+        Round::Worked
+      })
+    });
+  }
+
+  /// One round of the loop: the lifecycle, commands, idle unloads, then a batch if there is one.
+  pub(crate) fn round(&mut self) -> Round {
+    let mode = self.registry.closing();
+    if mode == CANCEL {
+      self.cancel_local();
+      drain_injectors(&self.registry);
+      return Round::Exit;
+    }
+    self.handle_commands();
+    let next_idle_check = self.unload_idle();
+    if let Some(found) = self.find_work() {
+      self.run_batch(found);
+      return Round::Worked;
+    }
+    // SeqCst with the reservation in `submit` and the decrement in `Queued::drop`: zero means
+    // every accepted item has been settled and no submit can still add one.
+    // Waiting requests first: one is counted there until its places are reserved.
+    if mode == DRAIN
+      && self.registry.admission.items.load(Ordering::SeqCst) == 0
+      && self.registry.outstanding.items.load(Ordering::SeqCst) == 0
+    {
+      return Round::Exit;
+    }
+    self.set_state(WorkerState::Idle);
+    let retry = self.retry_at.map(|at| at.saturating_duration_since(Instant::now()));
+    Round::Idle(next_idle_check.into_iter().chain(retry).min())
+  }
+
+  pub(crate) fn handle_commands(&mut self) {
+    let commands =
+      lock(&self.registry.commands[self.index]).as_mut().map(std::mem::take).unwrap_or_default();
+    for command in commands {
+      match command {
+        Command::Load { model, done } => {
+          let _ = done.send(self.load_claimed(model));
+        }
+        Command::Unload { model, done } => {
+          let _ = done.send(self.unload(model, UnloadReason::Requested));
+        }
+      }
+    }
+  }
+
+  pub(crate) fn cancel_local(&self) {
+    for deque in self.models.iter().map(|m| &m.deque) {
+      while let Some(item) = deque.pop() {
+        item.request.fail(PoolError::Closed);
+      }
+    }
+  }
+
+  pub(crate) fn next_random(&mut self) -> u64 {
+    self.rng ^= self.rng << 13;
+    self.rng ^= self.rng >> 7;
+    self.rng ^= self.rng << 17;
+    self.rng
+  }
+}
+
+impl WorkerThread {
+  /// This worker's share of `model`'s queued tokens ([`fair_share`]): what it should take so
+  /// that it finishes with every other worker holding the model, given their measured speeds
+  /// and the batches they are running. A worker not measured yet counts at the mean of the
+  /// measured ones; when none is measured, all count as equal and free.
+  pub(crate) fn share(&self, model: usize) -> usize {
+    let r = &self.registry;
+    let shared = &r.models[model];
+    let queued = shared
+      .outstanding
+      .tokens
+      .load(Ordering::Relaxed)
+      .saturating_sub(shared.in_flight_tokens.load(Ordering::Relaxed));
+    let queued_items = shared.queued_items();
+    let speed_of =
+      |w: &WorkerShared| f64::from_bits(w.models[model].token_speed.load(Ordering::Relaxed));
+    let (known, measured) = r
+      .workers
+      .iter()
+      .map(speed_of)
+      .filter(|&s| s > 0.0)
+      .fold((0.0, 0_u32), |(sum, n), s| (sum + s, n + 1));
+    let mean = if measured == 0 { None } else { Some(known / f64::from(measured)) };
+    let now = r.nanos_since_epoch();
+    let mut peers = Vec::with_capacity(r.workers.len());
+    for (index, w) in r.workers.iter().enumerate() {
+      if index == self.index || !w.holds(model) || !w.state().serves() {
+        continue;
+      }
+      let own = speed_of(w);
+      let speed = if own > 0.0 { own } else { mean.unwrap_or(1.0) };
+      // A peer that cannot predict its batch yet counts as free: guessing its work too small
+      // costs one more batch, guessing it too large leaves this worker running alone at the end.
+      let expected = w.batch_expected.load(Ordering::Relaxed);
+      let running = now.saturating_sub(w.batch_started.load(Ordering::Relaxed));
+      #[expect(clippy::cast_precision_loss, reason = "nanoseconds of one batch")]
+      let free_in = expected.saturating_sub(running) as f64 * 1e-9;
+      peers.push(Peer { free_in, speed });
+    }
+    let own = speed_of(self.shared());
+    let mine = if own > 0.0 { own } else { mean.unwrap_or(1.0) };
+    #[expect(
+      clippy::cast_precision_loss,
+      clippy::cast_possible_truncation,
+      clippy::cast_sign_loss,
+      reason = "token counts are far below 2^52"
+    )]
+    let share = fair_share(queued as f64, mine, &mut peers).ceil() as usize;
+    // Items are whole: round the share to the nearest item rather than down, or the last items
+    // of a job are left over for an extra round of small batches.
+    share.saturating_add(queued / queued_items.max(1) / 2).max(1)
+  }
+
+  /// Picks a model and finds its next batch. `None` when nothing is runnable anywhere for the
+  /// models this worker may run.
+  pub(crate) fn find_work(&mut self) -> Option<(usize, Vec<Queued>, bool)> {
+    let mut skip = 0_u64;
+    for _ in 0..self.registry.models.len() {
+      let model = self.choose_model(skip)?;
+      if let Some((batch, bound)) = self.find_batch(model) {
+        return Some((model, batch, bound));
+      }
+      skip |= 1 << model;
+    }
+    None
+  }
+
+  /// Looks for the next batch of `model` (module docs, steps 3–5). The flag tells whether the
+  /// adaptive token budget bounded the batch.
+  pub(crate) fn find_batch(&mut self, model: usize) -> Option<(Vec<Queued>, bool)> {
+    let policy = self.registry.config.policy;
+    let share = self.share(model);
+    let cap = policy.max_batch_size.max(1);
+    let controller = &self.models[model].controller;
+    let mut budget = controller.budget().min(share);
+    if self.shared().models[model].token_speed.load(Ordering::Relaxed) == 0 {
+      // Speed not measured yet: a first, smaller batch measures it without handing a slow
+      // device a large part of the queue.
+      budget = budget.div_ceil(FIRST_BATCH_DIVISOR);
+    }
+    let adaptive_bound = budget >= controller.budget();
+    self.tick += 1;
+    let bulk_first = self.tick.is_multiple_of(FAIRNESS_INTERVAL);
+    let mut held = false;
+    loop {
+      let candidates = self.gather(model, cap, budget, bulk_first);
+      if candidates.is_empty() {
+        return None;
+      }
+      let now = Instant::now();
+      let candidates: Vec<Queued> =
+        candidates.into_iter().filter_map(|item| runnable(item, now)).collect();
+      if candidates.is_empty() {
+        // Everything gathered was dead (answered or expired): look again, more may be queued.
+        continue;
+      }
+      if !held
+        && !policy.max_wait.is_zero()
+        && candidates.len() < cap
+        && self.registry.closing() == OPEN
+      {
+        let oldest =
+          candidates.iter().map(|c| c.admitted_at).min().expect("candidates is not empty");
+        let waited = oldest.elapsed();
+        if waited < policy.max_wait {
+          // Hold the partial batch open once: put it back and wait for more arrivals.
+          held = true;
+          let seen = self.registry.sleep.epoch();
+          for item in candidates {
+            self.models[model].deque.push(item);
+          }
+          let wait = policy.max_wait.saturating_sub(waited);
+          self.registry.sleep.sleep(self.index, seen, Some(wait));
+          continue;
+        }
+      }
+      let mut selection = select(
+        candidates,
+        cap,
+        budget,
+        policy.max_padding,
+        self.models[model].controller.cost_model(),
+      );
+      // The rest goes back in length order: a thief takes from the front, so what it steals is a
+      // run of similar lengths that batches with little padding.
+      selection.rest.sort_by_key(Queued::len);
+      for item in selection.rest {
+        self.models[model].deque.push(item);
+      }
+      if !self.models[model].deque.is_empty() || !self.registry.models[model].queues.is_empty() {
+        // Work is left: let an idle worker that holds the model have it.
+        let prefer = self.registry.holder_mask(model) & !(1 << self.index);
+        self.registry.sleep.notify(Wake::One { prefer });
+      }
+      return Some((selection.batch, selection.budget_bound && adaptive_bound));
+    }
+  }
+
+  /// Collects candidates of `model`: interactive items first (unless it is bulk's turn), else
+  /// what the local deque holds, topped up from the bulk length classes to `cap` items and
+  /// `budget` tokens, else a steal.
+  pub(crate) fn gather(
+    &mut self,
+    model: usize,
+    cap: usize,
+    budget: usize,
+    bulk_first: bool,
+  ) -> Vec<Queued> {
+    let window = self.registry.config.policy.window.max(cap);
+    let registry = Arc::clone(&self.registry);
+    let queues = &registry.models[model].queues;
+    let mut candidates = Vec::new();
+    if !bulk_first {
+      queues.take_interactive(cap, &mut candidates);
+      if !candidates.is_empty() {
+        return candidates;
+      }
+    }
+    pop_into(&self.models[model].deque, &mut candidates, window);
+    let held: usize = candidates.iter().map(Queued::len).sum();
+    if candidates.len() < cap && held < budget {
+      let own = &mut self.models[model];
+      queues.refill(&own.deque, &mut own.cursor, cap - candidates.len(), budget - held);
+      pop_into(&self.models[model].deque, &mut candidates, window);
+    }
+    if candidates.is_empty() {
+      self.steal(model);
+      pop_into(&self.models[model].deque, &mut candidates, window);
+    }
+    if candidates.is_empty() && bulk_first {
+      queues.take_interactive(cap, &mut candidates);
+    }
+    candidates
+  }
+
+  /// Steals a batch of `model`'s items from random victims into the local deque (crossbeam's
+  /// `find_task` shape: loop only while some victim answered `Retry`).
+  pub(crate) fn steal(&mut self, model: usize) {
+    let count = self.registry.stealers.len();
+    if count < 2 {
+      return;
+    }
+    for _ in 0..STEAL_ROUNDS {
+      let start = usize::try_from(self.next_random() % count as u64).unwrap_or(0);
+      let mut retry = false;
+      for offset in 0..count {
+        let victim = (start + offset) % count;
+        if victim == self.index {
+          continue;
+        }
+        match self.registry.stealers[victim][model].steal_batch(&self.models[model].deque) {
+          Steal::Success(()) => {
+            self.shared().steals.fetch_add(1, Ordering::Relaxed);
+            return;
+          }
+          Steal::Retry => retry = true,
+          Steal::Empty => {}
+        }
+      }
+      if !retry {
+        return;
+      }
+    }
+  }
+}
+
+/// Moves items from `deque` into `out` until it holds `window`.
+pub(crate) fn pop_into(deque: &Worker<Queued>, out: &mut Vec<Queued>, window: usize) {
+  while out.len() < window {
+    let Some(item) = deque.pop() else { break };
+    out.push(item);
+  }
+}
+
+/// `item` when it should still run. Otherwise it is dropped, and when its deadline passed its
+/// request is answered with `Timeout`, after the drop: a caller never sees its answered items
+/// still counted.
+pub(crate) fn runnable(item: Queued, now: Instant) -> Option<Queued> {
+  if item.request.is_finished() {
+    return None;
+  }
+  if item.request.deadline.is_some_and(|deadline| deadline <= now) {
+    let request = Arc::clone(&item.request);
+    drop(item);
+    request.fail(PoolError::Timeout);
+    return None;
+  }
+  Some(item)
+}
