@@ -11,6 +11,7 @@
 //!
 //! A load that has to evict is a *switch*; `max_switches_per_hour` caps them per worker.
 
+pub(crate) mod decisions;
 pub(crate) mod placement;
 pub(crate) mod residency;
 

@@ -1,4 +1,5 @@
-//! Which model a worker runs next, and whether loading one is justified.
+//! Which model a worker runs next, and whether it loads one: the worker takes a snapshot
+//! ([`ModelView`]s) and acts on the decisions of [`crate::models::decisions`].
 
 use std::{
   sync::{Arc, atomic::Ordering},
@@ -7,50 +8,62 @@ use std::{
 
 use crate::{
   PoolError,
-  models::residency::{Claim, REFUSED_PAUSE},
-  scheduler::{registry::ModelShared, sleep::Wake, worker::WorkerThread},
+  models::{
+    decisions::{ModelView, load_justified, rank},
+    residency::{Claim, REFUSED_PAUSE},
+  },
+  scheduler::{sleep::Wake, worker::WorkerThread},
 };
 
 impl WorkerThread {
+  /// What this worker sees of `model` now.
+  pub(crate) fn view(&self, model: usize) -> ModelView {
+    let registry = &self.registry;
+    let shared = &registry.models[model];
+    let own = &self.models[model];
+    let unserved =
+      registry.nanos_since_epoch().saturating_sub(shared.served_at.load(Ordering::Relaxed));
+    ModelView {
+      priority: shared.config.priority,
+      queued: shared.queued_items().max(usize::from(!own.deque.is_empty())),
+      held: own.slot.is_some(),
+      interactive: shared.queues.has_interactive(),
+      unserved: Duration::from_nanos(unserved),
+      holders: registry.holders(model) - usize::from(own.slot.is_some()),
+      held_for: own.slot.as_ref().map_or(Duration::ZERO, |s| s.loaded_at.elapsed()),
+    }
+  }
+
   /// Which model to run next (module docs, step 2), loading it when that is justified. `skip`:
   /// models already found empty this round.
   pub(crate) fn choose_model(&mut self, skip: u64) -> Option<usize> {
     let registry = Arc::clone(&self.registry);
-    let now = registry.nanos_since_epoch();
-    let unserved = |m: &ModelShared| now.saturating_sub(m.served_at.load(Ordering::Relaxed));
-    let mut current: Option<(i32, bool, u64, usize)> = None;
-    let mut others = Vec::new();
-    for (model, shared) in registry.models.iter().enumerate() {
-      if skip & (1 << model) != 0 || !shared.config.allows(self.index) {
-        continue;
-      }
-      if shared.queued_items() == 0 && self.models[model].deque.is_empty() {
-        continue;
-      }
-      if self.models[model].slot.is_some() {
-        let key =
-          (shared.config.priority, shared.queues.has_interactive(), unserved(shared), model);
-        if current.is_none_or(|c| key > c) {
-          current = Some(key);
-        }
-      } else {
-        others.push(model);
-      }
-    }
-    others.sort_by_key(|&m| {
-      std::cmp::Reverse((registry.models[m].config.priority, unserved(&registry.models[m])))
-    });
+    let views: Vec<Option<ModelView>> = (0..registry.models.len())
+      .map(|m| {
+        let eligible = skip & (1 << m) == 0 && registry.models[m].config.allows(self.index);
+        eligible.then(|| self.view(m))
+      })
+      .collect();
+    let ranking = rank(&views);
+    let running = ranking.current.and_then(|m| views[m]);
+    let (max_batch_size, delay) =
+      (registry.config.policy.max_batch_size, registry.config.switch_delay);
+    // Whether loading `model` is justified with `loading` other workers loading it now.
+    let justified = |model: usize, loading: usize| {
+      let view = views[model].expect("candidates have a view");
+      let view = ModelView { holders: view.holders + loading, ..view };
+      load_justified(&view, running.as_ref(), max_batch_size, delay)
+    };
     self.retry_at = None;
     let instant = Instant::now();
-    for model in others {
+    for model in ranking.candidates {
       let shared = &registry.models[model];
       if let Some(at) = self.models[model].load_failure.1.filter(|&at| instant < at) {
         // A load failed or was refused a moment ago: look again when the pause ends.
         self.retry_by(at);
         continue;
       }
-      let running = current.map(|c| (c.0, c.3));
-      if !self.load_justified(model, shared.loading.load(Ordering::SeqCst), running) {
+      if !justified(model, shared.loading.load(Ordering::SeqCst)) {
         continue;
       }
       // Claim the load and decide again with the claims taken before this one: of workers
@@ -58,7 +71,7 @@ impl WorkerThread {
       // only claims what it decided to load, so a claim never turns the others away for
       // nothing unless the load then fails, and then they are woken.
       let (claim, others_loading) = Claim::take(&shared.loading);
-      if !self.load_justified(model, others_loading, running) {
+      if !justified(model, others_loading) {
         continue;
       }
       let nobody = registry.holders(model) == 0 && others_loading == 0;
@@ -91,42 +104,11 @@ impl WorkerThread {
       }
       registry.sleep.notify(Wake::All);
     }
-    current.map(|c| c.3)
+    ranking.current
   }
 
   /// Makes the worker look at the models again by `at` at the latest.
   pub(crate) fn retry_by(&mut self, at: Instant) {
     self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
-  }
-
-  /// Whether work queued for `model`, which this worker does not hold, justifies loading it
-  /// while it could run `current` (priority, model) instead (module docs, step 2). `loading`:
-  /// other workers loading it now.
-  pub(crate) fn load_justified(
-    &self,
-    model: usize,
-    loading: usize,
-    current: Option<(i32, usize)>,
-  ) -> bool {
-    let registry = &self.registry;
-    let shared = &registry.models[model];
-    let holders = registry.holders(model) + loading;
-    let more_than_holders_take =
-      shared.queued_items() > registry.config.policy.max_batch_size.max(1) * holders;
-    match current {
-      // Busy with a model of the same or a higher priority: switch only to a model loaded
-      // nowhere that has waited `switch_delay`, away from a model held at least that long.
-      Some((priority, running)) if shared.config.priority <= priority => {
-        let delay = registry.config.switch_delay;
-        let unserved =
-          registry.nanos_since_epoch().saturating_sub(shared.served_at.load(Ordering::Relaxed));
-        shared.config.priority == priority
-          && holders == 0
-          && Duration::from_nanos(unserved) >= delay
-          && self.models[running].slot.as_ref().is_some_and(|s| s.loaded_at.elapsed() >= delay)
-      }
-      // Idle, or the model outranks what it runs: load it unless its holders take its work.
-      _ => holders == 0 || more_than_holders_take,
-    }
   }
 }

@@ -13,7 +13,10 @@ use std::{
 use crate::{
   Backend, BackendError, BackendErrorKind, Event, PoolError, UnloadReason, WorkerState,
   batch::Queued,
-  models::Usage,
+  models::{
+    Usage,
+    decisions::{self, Refusal, Resident},
+  },
   scheduler::{
     execute::panic_message,
     registry::DRAIN,
@@ -89,43 +92,39 @@ impl WorkerThread {
     let (name, need, priority) =
       (&shared.config.name, shared.config.memory, shared.config.priority);
     let budget = registry.config.budget(self.index);
-    if need > budget {
-      return Err(PoolError::Unavailable(format!(
-        "model {name:?} needs {need} bytes, more than worker {}'s memory budget of {budget}",
-        self.index
-      )));
-    }
-    let key = |m: usize| {
-      let slot = self.models[m].slot.as_ref().expect("only loaded models are ranked");
-      (registry.models[m].config.priority, slot.usage.score(now))
-    };
-    let mut held: Vec<usize> =
-      (0..self.models.len()).filter(|&m| self.models[m].slot.is_some()).collect();
-    held.sort_by(|&a, &b| key(a).partial_cmp(&key(b)).unwrap_or(std::cmp::Ordering::Equal));
+    let held: Vec<Resident> = (0..self.models.len())
+      .filter_map(|m| {
+        let slot = self.models[m].slot.as_ref()?;
+        let config = &registry.models[m].config;
+        Some(Resident {
+          model: m,
+          priority: config.priority,
+          score: slot.usage.score(now),
+          memory: config.memory,
+          queued: registry.models[m].queued_items(),
+        })
+      })
+      .collect();
     let waited = Duration::from_nanos(
       registry.nanos_since_epoch().saturating_sub(shared.served_at.load(Ordering::Relaxed)),
     );
-    let mut used = self.shared().memory_used.load(Ordering::Relaxed);
-    let mut victims = Vec::new();
-    for victim in held {
-      if used.saturating_add(need) <= budget {
-        break;
-      }
-      let outranking = &registry.models[victim];
-      if outranking.config.priority > priority {
-        let idle = outranking.queued_items() == 0;
-        if !(on_demand && idle && waited >= registry.config.switch_delay) {
-          return Err(PoolError::Unavailable(format!(
+    let may_evict_higher = on_demand && waited >= registry.config.switch_delay;
+    let used = self.shared().memory_used.load(Ordering::Relaxed);
+    let victims = decisions::victims(&held, need, priority, budget, used, may_evict_higher)
+      .map_err(|refusal| {
+        PoolError::Unavailable(match refusal {
+          Refusal::TooLarge => format!(
+            "model {name:?} needs {need} bytes, more than worker {}'s memory budget of {budget}",
+            self.index
+          ),
+          Refusal::Outranked { by, busy } => format!(
             "model {name:?} fits on worker {} only by evicting {:?}, which has a higher priority{}",
             self.index,
-            outranking.config.name,
-            if idle { "" } else { " and queued work" },
-          )));
-        }
-      }
-      victims.push(victim);
-      used -= outranking.config.memory;
-    }
+            registry.models[by].config.name,
+            if busy { " and queued work" } else { "" },
+          ),
+        })
+      })?;
     if !victims.is_empty() && !self.may_switch(now) {
       return Err(PoolError::Unavailable(format!(
         "worker {} has made its {} model switches this hour",
