@@ -1,0 +1,90 @@
+// The call path: one checked call handed to the native pool, its cancel wired to the caller's
+// signal and timeout, its progress reported, and its rows returned as one view per text.
+
+import type { BindingPool, BindingPriority } from './binding.cjs'
+import { PoolError, fromNative } from './errors.js'
+import type { Call } from './options.js'
+
+/** Texts between two `onProgress` reports of one call. */
+const PROGRESS_PART = 256
+
+/**
+ * Hands `call` to the native pool and waits for its rows; the call's promise is in `pending`
+ * until it settles (a draining close waits for it).
+ *
+ * @throws {PoolError} `ABORTED` (the signal was or becomes aborted), `TIMEOUT`, and every code
+ * of a native call; or what `onProgress` threw.
+ */
+export async function submit(
+  pool: BindingPool,
+  { model, texts, priority, signal, timeoutMs, onProgress }: Call,
+  pending: Set<Promise<unknown>>,
+): Promise<Float32Array[]> {
+  if (signal?.aborted) throw aborted(signal)
+  if (texts.length === 0) return []
+  // Progress comes from the native call as its texts complete: the call stays one call,
+  // admitted (or refused) as a whole.
+  const started = performance.now()
+  let reported = 0
+  let progressError: unknown
+  const report = (done: number) => {
+    if (done <= reported || progressError !== undefined || onProgress === undefined) return
+    reported = done
+    const seconds = (performance.now() - started) / 1000
+    try {
+      onProgress({ done, total: texts.length, itemsPerSecond: seconds > 0 ? done / seconds : 0 })
+    } catch (error) {
+      progressError = error
+    }
+  }
+  // The native call object is this call's own handle: a cancel reaches it (and only it) at
+  // any time, while its texts are still being tokenized too. With `whenFull: 'wait'`, a call
+  // beyond the limit waits natively, in call order, and its signal and timeout still apply
+  // there.
+  const native = pool.embed(
+    model,
+    texts as string[],
+    // The binding's string enum has exactly these values.
+    priority as BindingPriority,
+    timeoutMs,
+    onProgress === undefined ? undefined : PROGRESS_PART,
+    onProgress === undefined ? undefined : report,
+  )
+  const result = native.result()
+  pending.add(result)
+  const onAbort = () => native.cancel(false)
+  signal?.addEventListener('abort', onAbort, { once: true })
+  const timer = timeoutMs === undefined ? undefined : setTimeout(() => native.cancel(true), timeoutMs)
+  let flat: Float32Array
+  try {
+    flat = await result
+  } catch (error) {
+    const failure = fromNative(error)
+    if (failure.code === 'ABORTED' && signal?.aborted) throw aborted(signal, failure)
+    if (failure.code === 'TIMEOUT' && timeoutMs !== undefined) throw timedOut(timeoutMs, failure)
+    throw failure
+  } finally {
+    pending.delete(result)
+    clearTimeout(timer)
+    signal?.removeEventListener('abort', onAbort)
+  }
+  report(texts.length)
+  if (progressError !== undefined) throw progressError
+  const d = flat.length / texts.length
+  return Array.from({ length: texts.length }, (_, i) => flat.subarray(i * d, (i + 1) * d))
+}
+
+/** The `TIMEOUT` error of a call that did not finish within `timeoutMs`. */
+function timedOut(timeoutMs: number, cause?: unknown): PoolError {
+  return new PoolError(
+    'TIMEOUT',
+    `the call did not finish within ${timeoutMs} ms`,
+    cause === undefined ? {} : { cause },
+  )
+}
+
+/** The `ABORTED` error of a call whose `signal` aborted, with the signal's reason. */
+export function aborted(signal: AbortSignal, cause?: unknown): PoolError {
+  const reason = signal.reason instanceof Error ? signal.reason.message : String(signal.reason ?? 'aborted')
+  return new PoolError('ABORTED', `the call was aborted: ${reason}`, { cause: cause ?? signal.reason })
+}

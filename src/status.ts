@@ -1,0 +1,230 @@
+// Status and metrics: `Pool.status()` and `Pool.metrics()` mapped from one native snapshot (the
+// counters and the histograms, each read once per call), with model indices turned into names.
+
+import type { BindingModelHistograms, BindingStatus, BindingWorkerStatus } from './binding.cjs'
+import { type Family, type HistogramData, type Labels, exposition, quantile } from './metrics.js'
+import type { RuntimeInfo } from './runtime.js'
+import type { ModelStatus, PoolStatus, WorkerState, WorkerStatus } from './types.js'
+
+/** One read of the native pool: its counters and state, and its histograms per model. */
+export interface Snapshot {
+  status: BindingStatus
+  histograms: BindingModelHistograms[]
+}
+
+/** What the mapping needs to know of the pool besides the snapshot. */
+export interface StatusContext {
+  /** Name and path of each model, by index. */
+  models: readonly { name: string; path: string }[]
+  /** `performance.now()` when the pool started, for rates and utilisation. */
+  started: number
+  /** The default model. */
+  model: PoolStatus['model']
+  /** The ONNX Runtime library in use. */
+  runtime: RuntimeInfo
+}
+
+/** {@link PoolStatus} of `snapshot`, with rates over the time from `context.started` to `now`. */
+export function toStatus(snapshot: Snapshot, context: StatusContext, now = performance.now()): PoolStatus {
+  const { status: native, histograms } = snapshot
+  const lifetimeMs = Math.max(now - context.started, 1)
+  const names = context.models.map((m) => m.name)
+  const workers = native.workers.map((w): WorkerStatus => ({
+    id: w.id,
+    device: w.device,
+    provider: w.provider as 'cpu' | 'cuda',
+    ...(w.fallback ? { fallback: w.fallback } : {}),
+    ...(w.failure ? { failure: w.failure } : {}),
+    state: w.state as WorkerState,
+    loadedModels: w.loadedModels.map((m) => names[m]),
+    loads: w.loads,
+    switches: w.switches,
+    evictions: w.evictions,
+    memoryUsedBytes: w.memoryUsed,
+    memoryBudgetBytes: w.memoryBudget,
+    items: w.items,
+    batches: w.batches,
+    errors: w.errors,
+    steals: w.steals,
+    meanBatchSize: w.batches > 0 ? w.items / w.batches : 0,
+    tokenBudget: w.tokenBudget,
+    busyMs: w.busyMs,
+    utilisation: Math.min(100, (100 * w.busyMs) / lifetimeMs),
+    itemsPerSecond: w.itemsPerSecond,
+  }))
+  const models: Record<string, ModelStatus> = {}
+  native.models.forEach((m, index) => {
+    const latency = (q: number) => {
+      const seconds = quantile(histograms[index].endToEnd, q)
+      return seconds === null ? null : seconds * 1000
+    }
+    models[m.name] = {
+      path: context.models[index].path,
+      dimension: m.dimension ?? null,
+      maxLength: m.maxLength,
+      priority: m.priority,
+      memoryBytes: m.memoryBytes,
+      loadedOn: m.loadedOn,
+      queued: Math.max(0, m.outstanding - m.inFlight),
+      inFlight: m.inFlight,
+      items: m.items,
+      loads: m.loads,
+      unloads: m.unloads,
+      evictions: m.evictions,
+      latencyMs: { p50: latency(0.5), p99: latency(0.99) },
+    }
+  })
+  const items = workers.reduce((sum, w) => sum + w.items, 0)
+  return {
+    outstanding: native.outstanding,
+    queued: Math.max(0, native.outstanding - native.inFlight),
+    inFlight: native.inFlight,
+    waiting: native.waiting,
+    items,
+    itemsPerSecond: (items * 1000) / lifetimeMs,
+    workers,
+    models,
+    model: { ...context.model },
+    runtime: context.runtime,
+  }
+}
+
+/** The Prometheus text exposition of `snapshot` (see `Pool.metrics`). */
+export function toMetrics(snapshot: Snapshot, context: StatusContext, now = performance.now()): string {
+  const { status: native, histograms } = snapshot
+  const status = toStatus(snapshot, context, now)
+  const models = context.models.map((m, index) => ({ name: m.name, index }))
+  const worker = (w: WorkerStatus): Labels => ({ device: w.device, worker: String(w.id) })
+  const perWorker = (pick: (w: WorkerStatus) => number) =>
+    status.workers.map((w) => ({ labels: worker(w), value: pick(w) }))
+  const perModelWorker = (pick: (w: BindingWorkerStatus, model: number) => number) =>
+    models.flatMap((m) =>
+      status.workers.map((w) => ({
+        labels: { model: m.name, ...worker(w) },
+        value: pick(native.workers[w.id], m.index),
+      })),
+    )
+  const perModel = (pick: (m: ModelStatus) => number) =>
+    models.map((m) => ({ labels: { model: m.name }, value: pick(status.models[m.name]) }))
+  const modelHistogram = (pick: (h: BindingModelHistograms) => HistogramData) =>
+    models.map((m) => ({ labels: { model: m.name }, value: pick(histograms[m.index]) }))
+  const workerHistogram = (pick: (h: BindingModelHistograms) => HistogramData[]) =>
+    models.flatMap((m) =>
+      status.workers.map((w) => ({
+        labels: { model: m.name, ...worker(w) },
+        value: pick(histograms[m.index])[w.id],
+      })),
+    )
+  const families: Family[] = [
+    {
+      name: 'inferpool_items_total',
+      help: 'Texts embedded.',
+      type: 'counter',
+      samples: perModelWorker((w, m) => w.modelItems[m]),
+    },
+    {
+      name: 'inferpool_batches_total',
+      help: 'Batches run, successful or not.',
+      type: 'counter',
+      samples: perModelWorker((w, m) => w.modelBatches[m]),
+    },
+    {
+      name: 'inferpool_errors_total',
+      help: 'Batches that failed (their texts were retried or reported).',
+      type: 'counter',
+      samples: perWorker((w) => w.errors),
+    },
+    {
+      name: 'inferpool_steals_total',
+      help: 'Batches of queued texts stolen from other workers.',
+      type: 'counter',
+      samples: perWorker((w) => w.steals),
+    },
+    {
+      name: 'inferpool_switches_total',
+      help: 'Model loads that evicted another model.',
+      type: 'counter',
+      samples: perWorker((w) => w.switches),
+    },
+    { name: 'inferpool_model_loads_total', help: 'Model loads.', type: 'counter', samples: perModel((m) => m.loads) },
+    {
+      name: 'inferpool_model_evictions_total',
+      help: 'Models unloaded to make room for another.',
+      type: 'counter',
+      samples: perModel((m) => m.evictions),
+    },
+    {
+      name: 'inferpool_model_unloads_total',
+      help: 'Models unloaded: idle, requested or evicted.',
+      type: 'counter',
+      samples: perModel((m) => m.unloads),
+    },
+    {
+      name: 'inferpool_busy_seconds_total',
+      help: 'Time spent running batches.',
+      type: 'counter',
+      samples: perWorker((w) => w.busyMs / 1000),
+    },
+    {
+      name: 'inferpool_model_loaded',
+      help: 'Whether the worker holds the model (1) or not (0).',
+      type: 'gauge',
+      samples: perModelWorker((w, m) => (w.loadedModels.includes(m) ? 1 : 0)),
+    },
+    {
+      name: 'inferpool_memory_used_bytes',
+      help: 'Estimated memory of the models a worker holds.',
+      type: 'gauge',
+      samples: perWorker((w) => w.memoryUsedBytes),
+    },
+    {
+      name: 'inferpool_token_budget',
+      help: 'Current adaptive budget, padded tokens per batch.',
+      type: 'gauge',
+      samples: perWorker((w) => w.tokenBudget),
+    },
+    {
+      name: 'inferpool_queued_items',
+      help: 'Texts waiting for a worker.',
+      type: 'gauge',
+      samples: perModel((m) => m.queued),
+    },
+    {
+      name: 'inferpool_in_flight_items',
+      help: 'Texts running now.',
+      type: 'gauge',
+      samples: perModel((m) => m.inFlight),
+    },
+    {
+      name: 'inferpool_queue_wait_seconds',
+      help: 'Per text: from queued to the start of its batch.',
+      type: 'histogram',
+      samples: modelHistogram((h) => h.queueWait),
+    },
+    {
+      name: 'inferpool_tokenize_seconds',
+      help: 'Per call: tokenizing its texts.',
+      type: 'histogram',
+      samples: modelHistogram((h) => h.tokenize),
+    },
+    {
+      name: 'inferpool_request_duration_seconds',
+      help: 'Per call: from submitted to answered, in the native pool.',
+      type: 'histogram',
+      samples: modelHistogram((h) => h.endToEnd),
+    },
+    {
+      name: 'inferpool_inference_seconds',
+      help: 'Per batch: running it on the device.',
+      type: 'histogram',
+      samples: workerHistogram((h) => h.inference),
+    },
+    {
+      name: 'inferpool_batch_size',
+      help: 'Per batch: texts in it.',
+      type: 'histogram',
+      samples: workerHistogram((h) => h.batchSize),
+    },
+  ]
+  return exposition(families)
+}
