@@ -9,14 +9,21 @@
 //! * [`pooling`]: mean / CLS pooling and L2 normalisation, free of ONNX Runtime.
 //! * `tokenization`: a call's texts to token ids, long texts by prefixes (the work bounded by
 //!   the maximum length).
+//! * [`spec`] and `assembly`: a pool described in plain Rust ([`PoolSpec`]) and
+//!   [`build_pool`], which resolves the models, loads their tokenizers and starts the core's pool
+//!   with a factory of sessions.
 
+mod assembly;
 pub mod backend;
 pub mod model;
 pub mod pooling;
 pub mod runtime;
+pub mod spec;
 mod tokenization;
 
+pub use assembly::{BuiltPool, Provider, WorkerDevices, build_pool};
 pub use backend::{Device, Fallbacks, SessionOptions, SessionSpec, model_factory};
 pub use model::{EmbeddingModel, ModelFiles};
 pub use pooling::Pooling;
 pub use runtime::{RuntimeInfo, init_runtime};
+pub use spec::{ModelSpec, PoolSpec};

@@ -1,0 +1,88 @@
+//! `BindingCall`: one `embed` call, its answer and the means to cancel it.
+
+use std::{
+  panic::{AssertUnwindSafe, catch_unwind},
+  sync::{Arc, Mutex, PoisonError},
+};
+
+use inferpool_core::{CallHandle, Pool, PoolError, SubmitOptions};
+use napi::bindgen_prelude::{Float32Array, Result};
+use napi_derive::napi;
+use tokio::sync::oneshot;
+
+use crate::errors::{coded, pool_error};
+
+/// What a call is answered with.
+type Outcome = std::result::Result<Vec<f32>, PoolError>;
+
+/// One `embed` call: its answer, and the means to cancel it. Belongs to that call alone, so a
+/// cancel can never reach another one, and nothing is kept once it is collected.
+#[napi]
+#[derive(Debug)]
+pub struct BindingCall {
+  /// Cancels the call in the core.
+  handle: Arc<CallHandle>,
+  /// Where the answer arrives; taken by the first `result()`.
+  answer: Mutex<Option<oneshot::Receiver<Outcome>>>,
+}
+
+/// Sends `outcome` through `sender` unless an answer went through it already.
+fn answer(sender: &Mutex<Option<oneshot::Sender<Outcome>>>, outcome: Outcome) {
+  let taken = sender.lock().unwrap_or_else(PoisonError::into_inner).take();
+  // The receiver is gone only when the call object was collected; nothing to tell.
+  if let Some(tx) = taken {
+    let _ = tx.send(outcome);
+  }
+}
+
+impl BindingCall {
+  /// Submits `texts` to model `model` of `pool` and returns the call at once. `options` gets
+  /// the call's own cancel handle. Tokenization runs inside the submit, so the submit runs on a
+  /// blocking thread, off the event loop; whichever answers first, the pool's reply or the
+  /// submit's own error, answers the call.
+  pub(crate) fn submit(
+    pool: Arc<Pool>,
+    model: usize,
+    texts: Vec<String>,
+    options: SubmitOptions,
+  ) -> Self {
+    let handle = Arc::new(CallHandle::new());
+    let options = SubmitOptions { handle: Some(Arc::clone(&handle)), ..options };
+    let (tx, rx) = oneshot::channel();
+    let sender = Arc::new(Mutex::new(Some(tx)));
+    napi::bindgen_prelude::spawn_blocking(move || {
+      let reply_sender = Arc::clone(&sender);
+      let reply = Box::new(move |outcome| answer(&reply_sender, outcome));
+      let submitted =
+        catch_unwind(AssertUnwindSafe(|| pool.submit_to(model, &texts, options, reply)))
+          .unwrap_or_else(|_| Err(PoolError::Internal("the submit panicked".to_owned())));
+      if let Err(error) = submitted {
+        answer(&sender, Err(error));
+      }
+    });
+    Self { handle, answer: Mutex::new(Some(rx)) }
+  }
+}
+
+#[napi]
+impl BindingCall {
+  /// Resolves with the call's rows, or rejects with its error (once; a second call rejects).
+  #[napi]
+  pub async fn result(&self) -> Result<Float32Array> {
+    let answer = self.answer.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let Some(answer) = answer else {
+      return Err(coded("INTERNAL", "the result of a call was asked for twice"));
+    };
+    let rows =
+      answer.await.map_err(|_| coded("INTERNAL", "a call was dropped without an answer"))?;
+    rows.map(Float32Array::new).map_err(|e| pool_error(&e))
+  }
+
+  /// Answers the call with `TIMEOUT` when `timedOut`, else with `ABORTED`, unless it has been
+  /// answered; its texts not started yet are not run. Returns whether this decided the outcome.
+  #[napi]
+  pub fn cancel(&self, timed_out: bool) -> bool {
+    let error = if timed_out { PoolError::Timeout } else { PoolError::Cancelled };
+    catch_unwind(AssertUnwindSafe(|| self.handle.cancel(error))).unwrap_or(false)
+  }
+}

@@ -1,0 +1,263 @@
+//! Builds a running pool from a [`PoolSpec`]: resolves each model's files, loads its tokenizer,
+//! estimates its memory, and starts the core's [`Pool`] with a factory of ONNX Runtime sessions.
+//!
+//! 1. Every model's files are found and its tokenizer loaded, in model order; the first failure
+//!    is returned and nothing is started.
+//! 2. The core's configuration comes from [`PoolSpec::config`] (one worker per device).
+//! 3. [`Pool::with_models`] starts the workers and returns once the preloaded models are loaded
+//!    (each worker builds its sessions on its own thread).
+//!
+//! It blocks for the whole start: call it off any event loop.
+
+use std::sync::{Arc, OnceLock};
+
+use inferpool_core::{BackendError, EventSink, ModelConfig, Models, Pool, Tokenize};
+
+use crate::{
+  backend::{Device, Fallbacks, SessionOptions, SessionSpec, model_factory},
+  model::{EmbeddingModel, ModelFiles},
+  spec::{ModelSpec, PoolSpec},
+};
+
+/// The execution provider a worker runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+  /// ONNX Runtime's CPU provider.
+  Cpu,
+  /// ONNX Runtime's CUDA provider.
+  Cuda,
+}
+
+impl Provider {
+  /// `cpu` or `cuda`.
+  #[must_use]
+  pub fn as_str(self) -> &'static str {
+    match self {
+      Self::Cpu => "cpu",
+      Self::Cuda => "cuda",
+    }
+  }
+}
+
+/// The device of every worker, and what each actually runs on.
+#[derive(Clone, Debug)]
+pub struct WorkerDevices {
+  /// The device each worker was given, by worker index.
+  devices: Vec<Device>,
+  /// Why a GPU worker runs on the CPU, by worker index (set by its first load that failed on
+  /// the GPU, only when the spec allows the fallback).
+  fallbacks: Fallbacks,
+}
+
+impl WorkerDevices {
+  fn new(devices: Vec<Device>) -> Self {
+    let fallbacks = devices.iter().map(|_| OnceLock::new()).collect();
+    Self { devices, fallbacks }
+  }
+
+  /// The device worker `worker` was given.
+  #[must_use]
+  pub fn device(&self, worker: usize) -> Option<Device> {
+    self.devices.get(worker).copied()
+  }
+
+  /// Why worker `worker` runs on the CPU although it was given a GPU.
+  #[must_use]
+  pub fn fallback(&self, worker: usize) -> Option<&str> {
+    self.fallbacks.get(worker).and_then(OnceLock::get).map(String::as_str)
+  }
+
+  /// The provider worker `worker` runs on: CUDA for a GPU worker that has not fallen back.
+  #[must_use]
+  pub fn provider(&self, worker: usize) -> Provider {
+    match self.device(worker) {
+      Some(Device::Cuda(_)) if self.fallback(worker).is_none() => Provider::Cuda,
+      _ => Provider::Cpu,
+    }
+  }
+}
+
+/// A started pool and what its spec resolved to.
+#[derive(Debug)]
+pub struct BuiltPool {
+  /// The running pool.
+  pub pool: Pool,
+  /// Longest token sequence fed to each model, by model index.
+  pub max_lengths: Vec<usize>,
+  /// Each worker's device and provider.
+  pub workers: WorkerDevices,
+}
+
+/// One model, ready for the core: its configuration (with its tokenizer) and its sessions.
+struct Prepared {
+  config: ModelConfig,
+  session: SessionSpec,
+  max_length: usize,
+}
+
+/// Resolves `spec`'s files and loads its tokenizer.
+fn prepare(spec: ModelSpec, intra_threads: usize) -> Result<Prepared, BackendError> {
+  let files = ModelFiles::resolve(&spec.path)?;
+  let model = EmbeddingModel::load(files, spec.max_length)?;
+  let memory = spec.memory_bytes.unwrap_or_else(|| model.files.weight_bytes());
+  let session = SessionSpec {
+    onnx: model.files.onnx.clone(),
+    options: SessionOptions { intra_threads, pooling: spec.pooling, normalize: spec.normalize },
+  };
+  let max_length = model.max_length;
+  let config = ModelConfig {
+    priority: spec.priority,
+    workers: spec.workers,
+    memory,
+    ..ModelConfig::new(spec.name, Arc::new(model) as Arc<dyn Tokenize>)
+  };
+  Ok(Prepared { config, session, max_length })
+}
+
+/// Builds and starts the pool `spec` describes; `events` receives model and worker events from
+/// the start on. Blocks until the preloaded models are loaded on every worker that may hold
+/// them (see the module documentation for the order of the steps).
+pub fn build_pool(spec: PoolSpec, events: Option<EventSink>) -> Result<BuiltPool, BackendError> {
+  let config = spec.config()?;
+  let mut configs = Vec::with_capacity(spec.models.len());
+  let mut sessions = Vec::with_capacity(spec.models.len());
+  let mut max_lengths = Vec::with_capacity(spec.models.len());
+  for model in spec.models {
+    let prepared = prepare(model, spec.intra_op_threads)?;
+    configs.push(prepared.config);
+    sessions.push(prepared.session);
+    max_lengths.push(prepared.max_length);
+  }
+  let workers = WorkerDevices::new(spec.devices);
+  let fallbacks = spec.cpu_fallback.then(|| Arc::clone(&workers.fallbacks));
+  let models = Models {
+    models: configs,
+    factory: model_factory(sessions, workers.devices.clone(), fallbacks),
+    preload: spec.preload,
+    events,
+  };
+  let pool = Pool::with_models(&config, models)?;
+  Ok(BuiltPool { pool, max_lengths, workers })
+}
+
+#[cfg(test)]
+mod tests {
+  use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicUsize, Ordering},
+  };
+
+  use inferpool_core::{BackendErrorKind, CloseMode};
+
+  use super::*;
+
+  /// A model folder with a small tokenizer and an ONNX file of `onnx_bytes` bytes (never
+  /// loaded: nothing is preloaded), removed on drop.
+  struct Folder(PathBuf);
+
+  impl Folder {
+    fn new(onnx_bytes: usize) -> Self {
+      static NEXT: AtomicUsize = AtomicUsize::new(0);
+      let dir = std::env::temp_dir().join(format!(
+        "inferpool-ort-assembly-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+      ));
+      std::fs::create_dir_all(&dir).unwrap();
+      let tokenizer = serde_json::json!({
+        "version": "1.0",
+        "pre_tokenizer": { "type": "BertPreTokenizer" },
+        "model": {
+          "type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+          "max_input_chars_per_word": 100, "vocab": { "[UNK]": 0, "a": 1 }
+        }
+      });
+      std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+      std::fs::write(dir.join("config.json"), r#"{"max_position_embeddings": 64}"#).unwrap();
+      std::fs::write(dir.join("model.onnx"), vec![0_u8; onnx_bytes]).unwrap();
+      Self(dir)
+    }
+
+    fn path(&self) -> &Path {
+      &self.0
+    }
+  }
+
+  impl Drop for Folder {
+    fn drop(&mut self) {
+      let _ = std::fs::remove_dir_all(&self.0);
+    }
+  }
+
+  /// `models` on `devices`, nothing preloaded: no session is built, so no ONNX Runtime needed.
+  fn spec(models: Vec<ModelSpec>, devices: Vec<Device>) -> PoolSpec {
+    PoolSpec { preload: Vec::new(), devices, ..PoolSpec::new(models) }
+  }
+
+  #[test]
+  fn resolves_every_model_and_reports_its_length_and_memory() {
+    let (a, b) = (Folder::new(1000), Folder::new(10));
+    let mut second = ModelSpec::new("b", b.path());
+    second.max_length = Some(16);
+    second.memory_bytes = Some(123);
+    second.priority = 2;
+    second.workers = Some(vec![1]);
+    let built =
+      build_pool(spec(vec![ModelSpec::new("a", a.path()), second], vec![Device::Cpu; 2]), None)
+        .unwrap();
+    assert_eq!(built.max_lengths, vec![64, 16]);
+    let stats = built.pool.stats();
+    assert_eq!(stats.models.len(), 2);
+    assert_eq!((stats.models[0].name.as_str(), stats.models[0].memory), ("a", 1000));
+    assert_eq!((stats.models[1].name.as_str(), stats.models[1].memory), ("b", 123));
+    assert_eq!(stats.models[1].priority, 2);
+    assert_eq!(stats.workers.len(), 2);
+    built.pool.close(CloseMode::Cancel);
+  }
+
+  #[test]
+  fn workers_report_their_device_and_provider() {
+    let a = Folder::new(10);
+    let devices = vec![Device::Cpu, Device::Cuda(3)];
+    let built = build_pool(spec(vec![ModelSpec::new("a", a.path())], devices), None).unwrap();
+    let workers = &built.workers;
+    assert_eq!(workers.device(0), Some(Device::Cpu));
+    assert_eq!(workers.device(1), Some(Device::Cuda(3)));
+    assert_eq!(workers.device(2), None);
+    assert_eq!(workers.provider(0), Provider::Cpu);
+    assert_eq!(workers.provider(1), Provider::Cuda);
+    assert_eq!(workers.fallback(1), None);
+    workers.fallbacks[1].set("no CUDA".to_owned()).unwrap();
+    assert_eq!(workers.fallback(1), Some("no CUDA"));
+    assert_eq!(workers.provider(1), Provider::Cpu);
+    assert_eq!(Provider::Cuda.as_str(), "cuda");
+    built.pool.close(CloseMode::Cancel);
+  }
+
+  #[test]
+  fn a_missing_model_fails_before_anything_starts() {
+    let a = Folder::new(10);
+    let models =
+      vec![ModelSpec::new("a", a.path()), ModelSpec::new("gone", "/nonexistent/inferpool/model")];
+    let error = build_pool(spec(models, vec![Device::Cpu]), None).unwrap_err();
+    assert_eq!(error.kind, BackendErrorKind::ModelNotFound);
+    assert!(error.message.contains("/nonexistent/inferpool/model"), "{error}");
+  }
+
+  #[test]
+  fn no_device_is_invalid_input() {
+    let a = Folder::new(10);
+    let error =
+      build_pool(spec(vec![ModelSpec::new("a", a.path())], Vec::new()), None).unwrap_err();
+    assert_eq!(error.kind, BackendErrorKind::InvalidInput);
+  }
+
+  #[test]
+  fn the_core_checks_what_it_owns() {
+    let a = Folder::new(10);
+    let mut bad = spec(vec![ModelSpec::new("a", a.path())], vec![Device::Cpu]);
+    bad.preload = vec![5];
+    let error = build_pool(bad, None).unwrap_err();
+    assert_eq!(error.kind, BackendErrorKind::InvalidInput, "{error}");
+  }
+}
