@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Build, Log, ModelSpec, multi_config, start_models};
+use common::{Build, Log, ModelSpec, multi_config, start_models, wait_until};
 
 use std::{
   sync::{Arc, mpsc},
@@ -233,8 +233,8 @@ fn dropping_a_pool_does_not_wait_for_its_threads() {
       .unwrap();
   let running =
     submit(&pool, 0, &texts("a long text for a slow batch", 1), Duration::from_secs(30));
+  wait_until("the slow batch runs", || pool.stats().in_flight == 1);
   let queued = submit(&pool, 0, &texts("queued", 4), Duration::from_secs(30));
-  thread::sleep(Duration::from_millis(50));
   let dropped = Instant::now();
   drop(pool);
   assert!(dropped.elapsed() < Duration::from_millis(200), "drop took {:?}", dropped.elapsed());
@@ -247,17 +247,18 @@ fn dropping_a_pool_does_not_wait_for_its_threads() {
 #[test]
 fn a_cancel_escalates_a_drain_and_both_closes_return() {
   let (pool, _) =
-    start(&config(2, u64::MAX), vec![spec("a", 1, 0)], vec![0], sim(Duration::from_millis(2)))
+    start(&config(2, u64::MAX), vec![spec("a", 1, 0)], vec![0], sim(Duration::from_micros(200)))
       .unwrap();
   let pool = Arc::new(pool);
-  let work: Vec<_> = (0..20)
+  // About 1.2 s of work over two workers, in batches of at most ~0.25 s.
+  let work: Vec<_> = (0..40)
     .map(|i| submit(&pool, 0, &texts(&format!("work {i} ..........."), 8), Duration::from_secs(60)))
     .collect();
   let draining = {
     let pool = Arc::clone(&pool);
     thread::spawn(move || pool.close(CloseMode::Drain))
   };
-  thread::sleep(Duration::from_millis(30));
+  wait_until("the drain has run some work", || pool.stats().items() > 0);
   let cancelled = Instant::now();
   pool.close(CloseMode::Cancel);
   draining.join().unwrap();
@@ -334,7 +335,8 @@ fn a_cancel_or_deadline_answers_a_call_that_is_still_tokenizing() {
       started.elapsed()
     })
   };
-  thread::sleep(Duration::from_millis(100));
+  // Its places are reserved before it tokenizes (1 ms a text here).
+  wait_until("the call is being tokenized", || pool.stats().outstanding == 5000);
   let cancelled = Instant::now();
   assert!(handle.cancel(PoolError::Cancelled));
   assert_eq!(rx.recv_timeout(Duration::from_secs(1)).unwrap(), Err(PoolError::Cancelled));
@@ -371,7 +373,7 @@ fn a_failing_text_fails_only_its_own_call() {
   .unwrap();
   // Occupies the worker while the others queue, so that they share one batch.
   let busy = submit(&pool, 0, &texts("busy", 1), Duration::from_secs(20));
-  thread::sleep(Duration::from_millis(5));
+  wait_until("the busy batch runs", || pool.stats().in_flight == 1);
   // Texts of one length, so that they batch together.
   let same = |range: std::ops::Range<usize>| range.map(|i| format!("good text {i:02}")).collect();
   let calls: Vec<Vec<String>> =

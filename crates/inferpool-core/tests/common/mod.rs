@@ -120,3 +120,13 @@ pub fn start_models(
   )?;
   Ok((pool, log))
 }
+
+/// Waits until `done` holds (polling the pool's state instead of guessing a sleep); panics
+/// after 10 s.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+  let deadline = std::time::Instant::now() + Duration::from_secs(10);
+  while !done() {
+    assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+    std::thread::sleep(Duration::from_millis(1));
+  }
+}
