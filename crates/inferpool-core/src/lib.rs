@@ -8,8 +8,8 @@
 //!   has a known length and batches can be cut by padded-token cost;
 //! * [`Backend`]: runs one batch on one worker's device and returns one row per item.
 //!
-//! Tests and the simulation run the real pool against [`sim::SimBackend`], so nothing here needs
-//! ONNX Runtime or a GPU.
+//! Tests and the simulation run the real pool against the simulated backend (`sim`, behind the
+//! `sim` feature), so nothing here needs ONNX Runtime or a GPU.
 
 mod backend;
 mod batch;
@@ -20,6 +20,7 @@ mod metrics;
 mod models;
 mod request;
 mod scheduler;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 mod stats;
 
