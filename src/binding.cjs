@@ -837,6 +837,7 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.BindingCall = nativeBinding.BindingCall
 module.exports.BindingPool = nativeBinding.BindingPool
+module.exports.BindingErrorCode = nativeBinding.BindingErrorCode
 module.exports.BindingPriority = nativeBinding.BindingPriority
 module.exports.createPool = nativeBinding.createPool
 module.exports.initRuntimeLibrary = nativeBinding.initRuntimeLibrary

@@ -61,6 +61,34 @@ export declare class BindingPool {
   close(drain: boolean): Promise<void>
 }
 
+/** What went wrong, as the `code` of the JavaScript error (`PoolErrorCode` in TypeScript). */
+export declare const enum BindingErrorCode {
+  /** An argument or option is malformed. */
+  InvalidInput = 'INVALID_INPUT',
+  /** No model at the given path, or no ONNX file in the folder. */
+  ModelNotFound = 'MODEL_NOT_FOUND',
+  /** The model's files exist but cannot be used. */
+  ModelInvalid = 'MODEL_INVALID',
+  /** The ONNX Runtime library is missing, unloadable or too old. */
+  OrtLoadFailed = 'ORT_LOAD_FAILED',
+  /** A device cannot run the model. */
+  DeviceUnavailable = 'DEVICE_UNAVAILABLE',
+  /** A model cannot be loaded where it was asked for now. */
+  ModelUnavailable = 'MODEL_UNAVAILABLE',
+  /** ONNX Runtime failed on a batch. */
+  InferenceFailed = 'INFERENCE_FAILED',
+  /** The pool was closed. */
+  PoolClosed = 'POOL_CLOSED',
+  /** Accepting the call would exceed `maxQueuedItems`. */
+  Overloaded = 'OVERLOADED',
+  /** The call did not finish within its time. */
+  Timeout = 'TIMEOUT',
+  /** The call was cancelled. */
+  Aborted = 'ABORTED',
+  /** A bug: a caught panic, a lost task. */
+  Internal = 'INTERNAL',
+}
+
 /** Something that happened to a model or a worker. */
 export interface BindingEvent {
   /**

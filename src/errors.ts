@@ -64,15 +64,23 @@ export class PoolError extends Error {
 }
 
 /**
- * Turns an error thrown by the native binding (`CODE: message`) into a {@link PoolError}.
- * Anything else becomes `INTERNAL`.
+ * Turns an error from the native binding into a {@link PoolError}. The binding throws and
+ * rejects with an `Error` whose `code` property is a {@link PoolErrorCode}; its message is kept
+ * as it is. Anything without a known code becomes `INTERNAL`.
+ *
+ * A model or worker event still carries its error as the string `CODE: message`: a string in
+ * that form, or an `Error` with it as its message and no code, gives that code.
  */
 export function fromNative(error: unknown): PoolError {
   if (error instanceof PoolError) return error
-  const message = error instanceof Error ? error.message : String(error)
-  const match = /^([A-Z_]+): ([\s\S]*)$/.exec(message)
-  if (match && CODES.has(match[1])) {
-    return new PoolError(match[1] as PoolErrorCode, match[2], { cause: error })
+  const fields: { code?: unknown; message?: unknown } = typeof error === 'object' && error !== null ? error : {}
+  const message = typeof fields.message === 'string' ? fields.message : String(error)
+  if (typeof fields.code === 'string' && CODES.has(fields.code)) {
+    return new PoolError(fields.code as PoolErrorCode, message, { cause: error })
+  }
+  const event = fields.code === undefined ? /^([A-Z_]+): ([\s\S]*)$/.exec(message) : null
+  if (event && CODES.has(event[1])) {
+    return new PoolError(event[1] as PoolErrorCode, event[2], { cause: error })
   }
   return new PoolError('INTERNAL', message, { cause: error })
 }

@@ -6,11 +6,14 @@ use std::{
 };
 
 use inferpool_core::{CallHandle, Pool, PoolError, SubmitOptions};
-use napi::bindgen_prelude::{Float32Array, Result};
+use napi::{
+  Env,
+  bindgen_prelude::{Float32Array, PromiseRaw},
+};
 use napi_derive::napi;
 use tokio::sync::oneshot;
 
-use crate::errors::{coded, pool_error};
+use crate::errors::{BindingErrorCode, Result, coded, pool_error, promise};
 
 /// What a call is answered with.
 type Outcome = std::result::Result<Vec<f32>, PoolError>;
@@ -68,14 +71,15 @@ impl BindingCall {
 impl BindingCall {
   /// Resolves with the call's rows, or rejects with its error (once; a second call rejects).
   #[napi]
-  pub async fn result(&self) -> Result<Float32Array> {
+  pub fn result<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Float32Array>> {
     let answer = self.answer.lock().unwrap_or_else(PoisonError::into_inner).take();
-    let Some(answer) = answer else {
-      return Err(coded("INTERNAL", "the result of a call was asked for twice"));
-    };
-    let rows =
-      answer.await.map_err(|_| coded("INTERNAL", "a call was dropped without an answer"))?;
-    rows.map(Float32Array::new).map_err(|e| pool_error(&e))
+    promise(env, async move {
+      let Some(answer) = answer else {
+        return Err(coded(BindingErrorCode::Internal, "the result of a call was asked for twice"));
+      };
+      let lost = |_| coded(BindingErrorCode::Internal, "a call was dropped without an answer");
+      answer.await.map_err(lost)?.map(Float32Array::new).map_err(|e| pool_error(&e))
+    })
   }
 
   /// Answers the call with `TIMEOUT` when `timedOut`, else with `ABORTED`, unless it has been

@@ -10,7 +10,7 @@ use napi::{
 };
 use napi_derive::napi;
 
-use crate::{errors::backend_error, numbers::index};
+use crate::{errors::BindingError, numbers::index};
 
 /// Something that happened to a model or a worker.
 #[napi(object)]
@@ -68,12 +68,13 @@ impl From<Event> for BindingEvent {
         ..base("model-unloaded", worker, Some(model))
       },
       Event::ModelLoadFailed { model, worker, error } => Self {
-        error: Some(backend_error(&error).reason),
+        error: Some(BindingError::from(&error).to_string()),
         ..base("model-load-failed", worker, Some(model))
       },
-      Event::WorkerFailed { worker, error } => {
-        Self { error: Some(backend_error(&error).reason), ..base("worker-failed", worker, None) }
-      }
+      Event::WorkerFailed { worker, error } => Self {
+        error: Some(BindingError::from(&error).to_string()),
+        ..base("worker-failed", worker, None)
+      },
       Event::WorkerRecovered { worker } => base("worker-recovered", worker, None),
     }
   }

@@ -7,10 +7,10 @@
 //! * [`options`]: `BindingPoolOptions` and `BindingModelSpec`, converted to an
 //!   [`inferpool_ort::PoolSpec`].
 //! * [`events`], [`status`], [`metrics`]: what the pool reports.
-//! * [`errors`]: how errors cross into JavaScript.
+//! * [`errors`]: how errors cross into JavaScript (with a `code`).
 
 pub mod call;
-mod errors;
+pub mod errors;
 pub mod events;
 pub mod metrics;
 mod numbers;
@@ -22,10 +22,9 @@ pub mod status;
 use std::path::PathBuf;
 
 use inferpool_ort::init_runtime;
-use napi::bindgen_prelude::Result;
 use napi_derive::napi;
 
-use crate::errors::{backend_error, guarded};
+use crate::errors::{Result, backend_error, guarded};
 
 /// What was loaded by `initRuntime`.
 #[napi(object)]

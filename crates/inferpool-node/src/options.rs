@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use inferpool_ort::{Device, ModelSpec, PoolSpec, Pooling};
-use napi::bindgen_prelude::Result;
 use napi_derive::napi;
 
-use crate::{errors::coded, numbers::saturating_u64};
+use crate::{
+  errors::{BindingErrorCode, Result, coded},
+  numbers::saturating_u64,
+};
 
 /// One model of `createPool`, already validated and resolved by the TypeScript layer.
 #[napi(object)]
@@ -78,11 +80,14 @@ fn indices(list: Vec<u32>) -> Vec<usize> {
 }
 
 impl TryFrom<BindingModelSpec> for ModelSpec {
-  type Error = napi::Error;
+  type Error = napi::Error<BindingErrorCode>;
 
   fn try_from(spec: BindingModelSpec) -> Result<Self> {
     Ok(Self {
-      pooling: spec.pooling.parse::<Pooling>().map_err(|e| coded("INVALID_INPUT", e))?,
+      pooling: spec
+        .pooling
+        .parse::<Pooling>()
+        .map_err(|e| coded(BindingErrorCode::InvalidInput, e))?,
       normalize: spec.normalize,
       max_length: spec.max_length.map(|n| n as usize),
       priority: spec.priority,
@@ -94,13 +99,13 @@ impl TryFrom<BindingModelSpec> for ModelSpec {
 }
 
 impl TryFrom<BindingPoolOptions> for PoolSpec {
-  type Error = napi::Error;
+  type Error = napi::Error<BindingErrorCode>;
 
   fn try_from(options: BindingPoolOptions) -> Result<Self> {
     let devices = options
       .devices
       .iter()
-      .map(|d| d.parse::<Device>().map_err(|e| coded("INVALID_INPUT", e)))
+      .map(|d| d.parse::<Device>().map_err(|e| coded(BindingErrorCode::InvalidInput, e)))
       .collect::<Result<Vec<_>>>()?;
     let models = options.models.into_iter().map(ModelSpec::try_from).collect::<Result<_>>()?;
     Ok(Self {

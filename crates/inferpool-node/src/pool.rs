@@ -9,15 +9,15 @@ use std::{
 use inferpool_core::{CloseMode, Pool, Progress, SubmitOptions};
 use inferpool_ort::{PoolSpec, WorkerDevices, build_pool};
 use napi::{
-  Status,
-  bindgen_prelude::Result,
+  Env, Status,
+  bindgen_prelude::PromiseRaw,
   threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode},
 };
 use napi_derive::napi;
 
 use crate::{
   call::BindingCall,
-  errors::{backend_error, guarded, join_error, pool_error},
+  errors::{Result, backend_error, guarded, join_error, pool_error, promise},
   events::{EventCallback, event_sink},
   metrics::BindingModelHistograms,
   numbers::index,
@@ -44,20 +44,23 @@ pub struct BindingPool {
 /// Loads every model's tokenizer, starts one worker per device entry, loads the preloaded
 /// models and waits until they are ready. `onEvent` receives model and worker events.
 #[napi]
-pub async fn create_pool(
+pub fn create_pool(
+  env: &Env,
   options: BindingPoolOptions,
   on_event: Option<EventCallback>,
-) -> Result<BindingPool> {
-  let spec = PoolSpec::try_from(options)?;
-  let events = on_event.map(event_sink);
-  let built = tokio::task::spawn_blocking(move || build_pool(spec, events))
-    .await
-    .map_err(|e| join_error(&e))?
-    .map_err(|e| backend_error(&e))?;
-  Ok(BindingPool {
-    inner: Arc::new(built.pool),
-    max_lengths: built.max_lengths.into_iter().map(index).collect(),
-    workers: built.workers,
+) -> Result<PromiseRaw<'_, BindingPool>> {
+  promise(env, async move {
+    let spec = PoolSpec::try_from(options)?;
+    let events = on_event.map(event_sink);
+    let built = tokio::task::spawn_blocking(move || build_pool(spec, events))
+      .await
+      .map_err(|e| join_error(&e))?
+      .map_err(|e| backend_error(&e))?;
+    Ok(BindingPool {
+      inner: Arc::new(built.pool),
+      max_lengths: built.max_lengths.into_iter().map(index).collect(),
+      workers: built.workers,
+    })
   })
 }
 
@@ -109,25 +112,34 @@ impl BindingPool {
 
   /// Loads model `model` on `workers` (every worker it may use when absent); resolves when
   /// each has it.
-  #[napi]
-  pub async fn preload(&self, model: u32, workers: Option<Vec<u32>>) -> Result<()> {
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn preload<'env>(
+    &self,
+    env: &'env Env,
+    model: u32,
+    workers: Option<Vec<u32>>,
+  ) -> Result<PromiseRaw<'env, ()>> {
     let pool = Arc::clone(&self.inner);
     let workers: Option<Vec<usize>> = workers.map(|w| w.into_iter().map(|i| i as usize).collect());
-    tokio::task::spawn_blocking(move || pool.preload(model as usize, workers.as_deref()))
-      .await
-      .map_err(|e| join_error(&e))?
-      .map_err(|e| pool_error(&e))
+    promise(env, async move {
+      tokio::task::spawn_blocking(move || pool.preload(model as usize, workers.as_deref()))
+        .await
+        .map_err(|e| join_error(&e))?
+        .map_err(|e| pool_error(&e))
+    })
   }
 
   /// Unloads model `model` from every worker; resolves with how many held it.
   #[napi]
-  pub async fn unload(&self, model: u32) -> Result<u32> {
+  pub fn unload<'env>(&self, env: &'env Env, model: u32) -> Result<PromiseRaw<'env, u32>> {
     let pool = Arc::clone(&self.inner);
-    tokio::task::spawn_blocking(move || pool.unload(model as usize))
-      .await
-      .map_err(|e| join_error(&e))?
-      .map(index)
-      .map_err(|e| pool_error(&e))
+    promise(env, async move {
+      tokio::task::spawn_blocking(move || pool.unload(model as usize))
+        .await
+        .map_err(|e| join_error(&e))?
+        .map(index)
+        .map_err(|e| pool_error(&e))
+    })
   }
 
   /// Counters and state of the pool, of every worker and of every model, read without locks.
@@ -154,12 +166,14 @@ impl BindingPool {
 
   /// Stops the pool: `drain` runs what is queued first, otherwise queued items fail with
   /// `POOL_CLOSED`. Resolves once every worker thread has exited.
-  #[napi]
-  pub async fn close(&self, drain: bool) -> Result<()> {
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn close<'env>(&self, env: &'env Env, drain: bool) -> Result<PromiseRaw<'env, ()>> {
     let pool = Arc::clone(&self.inner);
-    tokio::task::spawn_blocking(move || pool.close(close_mode(drain)))
-      .await
-      .map_err(|e| join_error(&e))
+    promise(env, async move {
+      tokio::task::spawn_blocking(move || pool.close(close_mode(drain)))
+        .await
+        .map_err(|e| join_error(&e))
+    })
   }
 }
 
