@@ -61,6 +61,14 @@ export declare class BindingPool {
   close(drain: boolean): Promise<void>
 }
 
+/** An error as data, as an event carries it: `fromNative` takes it as it takes a thrown one. */
+export interface BindingError {
+  /** What went wrong. */
+  code: BindingErrorCode
+  /** Why, in words. */
+  message: string
+}
+
 /** What went wrong, as the `code` of the JavaScript error (`PoolErrorCode` in TypeScript). */
 export declare const enum BindingErrorCode {
   /** An argument or option is malformed. */
@@ -104,8 +112,8 @@ export interface BindingEvent {
   reason?: string
   /** For an eviction: the model loaded in its place. */
   forModel?: number
-  /** For a failure: the error, as `CODE: message`. */
-  error?: string
+  /** For a failure: the error. */
+  error?: BindingError
   /** For a load: how long it took, milliseconds. */
   tookMs?: number
 }

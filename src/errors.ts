@@ -65,22 +65,14 @@ export class PoolError extends Error {
 
 /**
  * Turns an error from the native binding into a {@link PoolError}. The binding throws and
- * rejects with an `Error` whose `code` property is a {@link PoolErrorCode}; its message is kept
- * as it is. Anything without a known code becomes `INTERNAL`.
- *
- * A model or worker event still carries its error as the string `CODE: message`: a string in
- * that form, or an `Error` with it as its message and no code, gives that code.
+ * rejects with an `Error` whose `code` property is a {@link PoolErrorCode}, and an event carries
+ * its error as `{ code, message }`; the message is kept as it is. Anything without a known code
+ * becomes `INTERNAL`.
  */
 export function fromNative(error: unknown): PoolError {
   if (error instanceof PoolError) return error
   const fields: { code?: unknown; message?: unknown } = typeof error === 'object' && error !== null ? error : {}
   const message = typeof fields.message === 'string' ? fields.message : String(error)
-  if (typeof fields.code === 'string' && CODES.has(fields.code)) {
-    return new PoolError(fields.code as PoolErrorCode, message, { cause: error })
-  }
-  const event = fields.code === undefined ? /^([A-Z_]+): ([\s\S]*)$/.exec(message) : null
-  if (event && CODES.has(event[1])) {
-    return new PoolError(event[1] as PoolErrorCode, event[2], { cause: error })
-  }
-  return new PoolError('INTERNAL', message, { cause: error })
+  const code = typeof fields.code === 'string' && CODES.has(fields.code) ? (fields.code as PoolErrorCode) : 'INTERNAL'
+  return new PoolError(code, message, { cause: error })
 }

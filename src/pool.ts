@@ -170,7 +170,7 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
       ...(event.model == null ? {} : { model: names[event.model] }),
       ...(event.reason == null ? {} : { reason: event.reason as 'idle' | 'requested' }),
       ...(event.forModel == null ? {} : { forModel: names[event.forModel] }),
-      ...(event.error == null ? {} : { error: fromNative(new Error(event.error)) }),
+      ...(event.error == null ? {} : { error: fromNative(event.error) }),
       ...(event.tookMs == null ? {} : { tookMs: event.tookMs }),
     }
     this.emit(payload.type, payload)

@@ -52,6 +52,9 @@ pub struct SubmitOptions {
   /// Told how many of the request's items are done, every [`Progress::every`] items (and not
   /// for the last one: the reply says that).
   pub progress: Option<Progress>,
+  /// Its place in line among waiting requests ([`crate::Pool::next_turn`]); taken when it is
+  /// submitted if not given.
+  pub turn: Option<u64>,
 }
 
 /// A request's progress report: `report(done)` is called from a worker thread, outside every

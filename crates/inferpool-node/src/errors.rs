@@ -8,7 +8,7 @@
 //!   asynchronous methods return [`promise`] instead: the future runs on the async runtime, and
 //!   its error becomes the `Error` with the code on the JavaScript thread, which napi-rs then
 //!   rejects the promise with, unchanged.
-//! * An event carries its error as a string, `CODE: message`.
+//! * An event carries its error as data, a [`BindingError`].
 
 use std::{
   future::Future,
@@ -160,20 +160,14 @@ where
     .map_err(|e| coded(BindingErrorCode::Internal, format!("cannot start a task: {}", e.reason)))
 }
 
-/// An error as data: its code and its message.
+/// An error as data, as an event carries it: `fromNative` takes it as it takes a thrown one.
+#[napi(object)]
 #[derive(Clone, Debug)]
-pub(crate) struct BindingError {
+pub struct BindingError {
   /// What went wrong.
-  pub(crate) code: BindingErrorCode,
+  pub code: BindingErrorCode,
   /// Why, in words.
-  pub(crate) message: String,
-}
-
-/// `CODE: message`, as events carry an error for now.
-impl std::fmt::Display for BindingError {
-  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    write!(f, "{}: {}", self.code.as_ref(), self.message)
-  }
+  pub message: String,
 }
 
 impl From<&BackendError> for BindingError {

@@ -27,8 +27,8 @@ pub struct BindingEvent {
   pub reason: Option<String>,
   /// For an eviction: the model loaded in its place.
   pub for_model: Option<u32>,
-  /// For a failure: the error, as `CODE: message`.
-  pub error: Option<String>,
+  /// For a failure: the error.
+  pub error: Option<BindingError>,
   /// For a load: how long it took, milliseconds.
   pub took_ms: Option<f64>,
 }
@@ -67,14 +67,12 @@ impl From<Event> for BindingEvent {
         reason: Some(if reason == UnloadReason::Idle { "idle" } else { "requested" }.to_owned()),
         ..base("model-unloaded", worker, Some(model))
       },
-      Event::ModelLoadFailed { model, worker, error } => Self {
-        error: Some(BindingError::from(&error).to_string()),
-        ..base("model-load-failed", worker, Some(model))
-      },
-      Event::WorkerFailed { worker, error } => Self {
-        error: Some(BindingError::from(&error).to_string()),
-        ..base("worker-failed", worker, None)
-      },
+      Event::ModelLoadFailed { model, worker, error } => {
+        Self { error: Some((&error).into()), ..base("model-load-failed", worker, Some(model)) }
+      }
+      Event::WorkerFailed { worker, error } => {
+        Self { error: Some((&error).into()), ..base("worker-failed", worker, None) }
+      }
       Event::WorkerRecovered { worker } => base("worker-recovered", worker, None),
     }
   }

@@ -106,6 +106,9 @@ impl BindingPool {
       deadline: timeout_ms.map(|ms| Instant::now() + Duration::from_millis(u64::from(ms))),
       handle: None,
       progress,
+      // Taken here, on the caller's thread: calls waiting for room keep the order they were
+      // made in, whichever is tokenized first.
+      turn: Some(self.inner.next_turn()),
     };
     Ok(BindingCall::submit(Arc::clone(&self.inner), model as usize, texts, options))
   }

@@ -127,7 +127,8 @@ impl Queues {
         let before = deque.len();
         match injector.steal_batch_with_limit(deque, want) {
           Steal::Success(()) => {
-            let got = deque.len() - before;
+            // Thieves may take from the other end meanwhile: count what is there at least.
+            let got = deque.len().saturating_sub(before).max(1);
             moved.items += got;
             moved.tokens += got * floor;
             took = true;

@@ -34,6 +34,16 @@ impl WorkerThread {
     }
   }
 
+  /// Whether loading `model` is justified now, with `loading` other workers loading it, while
+  /// the worker could run `running` instead. The view is taken afresh: a load that another
+  /// worker finished a moment ago counts.
+  fn justified(&self, model: usize, loading: usize, running: Option<&ModelView>) -> bool {
+    let view = self.view(model);
+    let view = ModelView { holders: view.holders + loading, ..view };
+    let config = &self.registry.config;
+    load_justified(&view, running, config.policy.max_batch_size, config.switch_delay)
+  }
+
   /// Which model to run next (module docs, step 2), loading it when that is justified. `skip`:
   /// models already found empty this round.
   pub(crate) fn choose_model(&mut self, skip: u64) -> Option<usize> {
@@ -46,14 +56,6 @@ impl WorkerThread {
       .collect();
     let ranking = rank(&views);
     let running = ranking.current.and_then(|m| views[m]);
-    let (max_batch_size, delay) =
-      (registry.config.policy.max_batch_size, registry.config.switch_delay);
-    // Whether loading `model` is justified with `loading` other workers loading it now.
-    let justified = |model: usize, loading: usize| {
-      let view = views[model].expect("candidates have a view");
-      let view = ModelView { holders: view.holders + loading, ..view };
-      load_justified(&view, running.as_ref(), max_batch_size, delay)
-    };
     self.retry_at = None;
     let instant = Instant::now();
     for model in ranking.candidates {
@@ -63,7 +65,7 @@ impl WorkerThread {
         self.retry_by(at);
         continue;
       }
-      if !justified(model, shared.loading.load(Ordering::SeqCst)) {
+      if !self.justified(model, shared.loading.load(Ordering::SeqCst), running.as_ref()) {
         continue;
       }
       // Claim the load and decide again with the claims taken before this one: of workers
@@ -71,7 +73,7 @@ impl WorkerThread {
       // only claims what it decided to load, so a claim never turns the others away for
       // nothing unless the load then fails, and then they are woken.
       let (claim, others_loading) = Claim::take(&shared.loading);
-      if !justified(model, others_loading) {
+      if !self.justified(model, others_loading, running.as_ref()) {
         continue;
       }
       let nobody = registry.holders(model) == 0 && others_loading == 0;

@@ -179,6 +179,7 @@ impl Pool {
       closing: AtomicU8::new(OPEN),
       outstanding,
       next_seq: AtomicU64::new(0),
+      turns: AtomicU64::new(0),
       admission: Admission::default(),
       workers: (0..config.workers).map(|_| WorkerShared::new(model_count)).collect(),
       commands: (0..config.workers).map(|_| Mutex::new(Some(Vec::new()))).collect(),
@@ -246,6 +247,14 @@ impl Pool {
     self.registry.models.len()
   }
 
+  /// A place in line for a request about to be submitted ([`SubmitOptions::turn`]): with
+  /// `wait_when_full`, requests are admitted in the order of their turns. Take it where the
+  /// caller's order is known (the caller's thread) when the submit itself runs elsewhere.
+  #[must_use]
+  pub fn next_turn(&self) -> u64 {
+    self.registry.turns.fetch_add(1, Ordering::Relaxed)
+  }
+
   /// [`Pool::submit_to`] the first model.
   pub fn submit(
     &self,
@@ -279,7 +288,7 @@ impl Pool {
       // Its items have left: a waiting request may fit now.
       registry_for_reply.admit_waiting();
     });
-    let SubmitOptions { priority, deadline, handle, progress } = options;
+    let SubmitOptions { priority, deadline, handle, progress, turn } = options;
     let request = Arc::new(Request::new(texts.len(), model, priority, deadline, progress, reply));
     if let Some(Err(error)) = handle.map(|h| h.attach(&request)) {
       // Cancelled before it was submitted: the error is the answer, given here.
@@ -288,15 +297,32 @@ impl Pool {
     }
     let ticket = Ticket { request: Arc::clone(&request) };
     let count = texts.len();
+    if count == 0 {
+      if registry.closing() != OPEN {
+        request.forget_reply();
+        return Err(PoolError::Closed);
+      }
+      request.complete_empty();
+      return Ok(ticket);
+    }
     let limit = registry.config.max_queued_items;
     let wait = registry.config.wait_when_full && count <= limit;
-    // Reserve the places (or, when the request may wait, count it as waiting) before looking
-    // at `closing` (both SeqCst): a drain that starts after this check then sees it and keeps
-    // its workers until these items are done.
-    let reserved = if wait { &registry.admission.items } else { &registry.outstanding.items };
-    let before = reserved.fetch_add(count, Ordering::SeqCst);
+    let turn = turn.unwrap_or_else(|| self.next_turn());
+    // Reserve the places (or, when the request may wait, count it as waiting, in its turn)
+    // before looking at `closing` (both SeqCst): a drain that starts after this check then sees
+    // it and keeps its workers until these items are done.
+    let before = if wait {
+      registry.admission.begin(turn, count);
+      0
+    } else {
+      registry.outstanding.items.fetch_add(count, Ordering::SeqCst)
+    };
     let release = |registry: &Registry| {
-      reserved.fetch_sub(count, Ordering::SeqCst);
+      if wait {
+        registry.admission.abandon(turn, count);
+      } else {
+        registry.outstanding.items.fetch_sub(count, Ordering::SeqCst);
+      }
       request.forget_reply();
       // A draining worker may be waiting for the count to reach zero, and waiting requests
       // for room.
@@ -306,10 +332,6 @@ impl Pool {
     if registry.closing() != OPEN {
       release(registry);
       return Err(PoolError::Closed);
-    }
-    if texts.is_empty() {
-      request.complete_empty();
-      return Ok(ticket);
     }
     if let Some(reason) = registry.unplaceable(model) {
       release(registry);
@@ -335,7 +357,7 @@ impl Pool {
     };
     shared.histograms.tokenize.record_duration(tokenizing.elapsed());
     if wait {
-      registry.admission.enqueue(Waiting { request, model, items: encoded });
+      registry.admission.enqueue(Waiting { turn, request, model, items: encoded });
       registry.admit_waiting();
     } else {
       registry.enqueue(model, &request, encoded);

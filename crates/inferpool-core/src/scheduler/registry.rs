@@ -140,6 +140,8 @@ pub(crate) struct Registry {
   pub(crate) outstanding: Arc<Outstanding>,
   /// Admission order.
   pub(crate) next_seq: AtomicU64,
+  /// The next request's place in line ([`crate::Pool::next_turn`]).
+  pub(crate) turns: AtomicU64,
   /// Requests waiting for room (`wait_when_full`).
   pub(crate) admission: Admission,
   /// Per-worker counters.
@@ -223,7 +225,7 @@ impl Registry {
     for (request, error) in admitted.failed {
       request.fail(error);
     }
-    for Waiting { request, model, items } in admitted.calls {
+    for Waiting { request, model, items, .. } in admitted.calls {
       self.enqueue(model, &request, items);
     }
   }
