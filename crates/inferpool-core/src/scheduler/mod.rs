@@ -38,7 +38,6 @@
 //!    once every thread has exited.
 
 use std::{
-  panic::{AssertUnwindSafe, catch_unwind},
   sync::{
     Arc, Condvar, Mutex, OnceLock,
     atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
@@ -58,7 +57,6 @@ use crate::{
   request::Request,
   scheduler::{
     admission::{Admission, Waiting},
-    execute::payload_text,
     registry::{
       CANCEL, Command, DRAIN, ModelShared, OPEN, Registry, WorkerShared, drain_injectors, lock,
     },
@@ -73,10 +71,8 @@ pub(crate) mod execute;
 pub(crate) mod registry;
 pub(crate) mod sleep;
 pub(crate) mod startup;
+mod tokenize;
 pub(crate) mod worker;
-
-/// Texts tokenized at a time by `submit`; a cancel or a deadline is noticed between chunks.
-pub(crate) const TOKENIZE_CHUNK: usize = 256;
 
 /// A cancellation handle for one submitted request.
 #[derive(Clone, Debug)]
@@ -343,7 +339,7 @@ impl Pool {
       return Err(PoolError::Overloaded { queued, requested: count, limit });
     }
     let tokenizing = Instant::now();
-    let encoded = match tokenize(&shared.config, &request, texts) {
+    let encoded = match tokenize::tokenize(&shared.config, &request, texts) {
       Ok(Some(encoded)) => encoded,
       Ok(None) => {
         // Answered (cancelled or past its deadline) while it was tokenized.
@@ -496,39 +492,4 @@ impl Drop for Pool {
   fn drop(&mut self) {
     self.begin_close(CloseMode::Cancel);
   }
-}
-
-/// Tokenizes `texts` in chunks of [`TOKENIZE_CHUNK`] with `model`'s tokenizer (a panic becomes
-/// an error). `None` when the request was answered meanwhile (cancelled, or its deadline
-/// passed: then it is answered with `Timeout` here): a call does not go on tokenizing for a
-/// caller that has gone.
-pub(crate) fn tokenize(
-  model: &ModelConfig,
-  request: &Request,
-  texts: &[String],
-) -> Result<Option<Vec<crate::TokenizedText>>, PoolError> {
-  let mut encoded = Vec::with_capacity(texts.len());
-  for chunk in texts.chunks(TOKENIZE_CHUNK) {
-    if request.deadline.is_some_and(|deadline| deadline <= Instant::now()) {
-      request.fail(PoolError::Timeout);
-    }
-    if request.is_finished() {
-      return Ok(None);
-    }
-    let tokenizer = &model.tokenizer;
-    let part = catch_unwind(AssertUnwindSafe(|| tokenizer.encode(chunk))).unwrap_or_else(|p| {
-      Err(BackendError::new(
-        BackendErrorKind::Panic,
-        format!("the tokenizer panicked: {}", payload_text(&*p)),
-      ))
-    })?;
-    if part.len() != chunk.len() {
-      return Err(PoolError::Backend(BackendError::new(
-        BackendErrorKind::Model,
-        format!("the tokenizer returned {} encodings for {} texts", part.len(), chunk.len()),
-      )));
-    }
-    encoded.extend(part);
-  }
-  Ok(Some(encoded))
 }
