@@ -15,7 +15,7 @@ pub struct PoolConfig {
   /// Limits for every batch.
   pub policy: BatchPolicy,
   /// Most items accepted and not yet completed; a request beyond it fails at once with
-  /// [`PoolError::Overloaded`].
+  /// [`crate::PoolError::Overloaded`].
   pub max_queued_items: usize,
   /// Runs an item may fail before its request gets the error.
   pub max_attempts: u32,
@@ -35,13 +35,13 @@ pub struct PoolConfig {
   /// How long a model's queued work may go unserved, while no worker holds it, before a worker
   /// busy with another model of the same priority switches to it.
   pub switch_delay: Duration,
-  /// A worker whose device fails while it preloads ([`BackendErrorKind::Device`]) is marked
-  /// [`WorkerState::Failed`] and the pool starts without it (instead of failing to start), as
+  /// A worker whose device fails while it preloads ([`crate::BackendErrorKind::Device`]) is marked
+  /// [`crate::WorkerState::Failed`] and the pool starts without it (instead of failing to start), as
   /// long as every model keeps a worker.
   pub tolerate_device_failures: bool,
   /// A request that would exceed `max_queued_items` waits, in submission order, until earlier
-  /// work completes and it fits ([`crate::admission`]), instead of failing with
-  /// [`PoolError::Overloaded`]. A request larger than `max_queued_items` alone fails either way.
+  /// work completes and it fits (`scheduler::admission`), instead of failing with
+  /// [`crate::PoolError::Overloaded`]. A request larger than `max_queued_items` alone fails either way.
   pub wait_when_full: bool,
 }
 
@@ -84,6 +84,6 @@ impl PoolConfig {
 pub enum CloseMode {
   /// Run everything already accepted, then stop.
   Drain,
-  /// Fail every queued item with [`PoolError::Closed`]; batches already running finish.
+  /// Fail every queued item with [`crate::PoolError::Closed`]; batches already running finish.
   Cancel,
 }

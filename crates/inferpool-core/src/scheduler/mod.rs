@@ -10,7 +10,7 @@
 //! 2. A worker whose device is free picks a model ([`WorkerThread::choose_model`]): among the
 //!    models it has loaded and that have queued work, the highest priority, then one with
 //!    interactive work, then the one unserved the longest. It loads another model (evicting what
-//!    no longer fits its memory budget, [`crate::model`]) only when that is justified: it has
+//!    no longer fits its memory budget, [`crate::models`]) only when that is justified: it has
 //!    nothing else to do and the model is loaded nowhere or has more work than its holders take
 //!    in a batch; or the model outranks what it runs; or, at equal priority, the model has been
 //!    unserved for `switch_delay` while loaded nowhere. Loads that evict are capped by
