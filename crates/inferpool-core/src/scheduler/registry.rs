@@ -203,11 +203,10 @@ impl Registry {
         outstanding: Arc::clone(&shared.outstanding),
       });
     }
-    self.sleep.notify(if count > 1 {
-      Wake::All
-    } else {
-      Wake::One { prefer: self.holder_mask(model) }
-    });
+    // As many workers as the new items make batches; each batch a worker takes wakes another
+    // while work is left (`find_batch`).
+    let batches = count.div_ceil(self.config.policy.max_batch_size.max(1));
+    self.sleep.notify(Wake::Many { count: batches, prefer: self.holder_mask(model) });
     // A close that raced with this may have missed these items: settle them here.
     if self.closing() == CANCEL {
       drain_injectors(self);

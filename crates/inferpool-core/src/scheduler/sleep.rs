@@ -66,7 +66,14 @@ pub(crate) enum Wake {
     /// Workers that can take the work at once (they hold its model).
     prefer: u64,
   },
-  /// Every worker: much work, or a state change (closing) everyone must see.
+  /// As many workers as there are batches of new work (`count`), those in `prefer` first.
+  Many {
+    /// Workers to wake at most.
+    count: usize,
+    /// Workers that can take the work at once (they hold its model).
+    prefer: u64,
+  },
+  /// Every worker: a state change (closing, a load) everyone must see.
   All,
 }
 
@@ -126,13 +133,22 @@ impl Sleep {
           bits &= bits - 1;
         }
       }
-      Wake::One { prefer } => {
-        let preferred = *sleeping & prefer;
-        let pool = if preferred == 0 { *sleeping } else { preferred };
-        let worker = pool.trailing_zeros() as usize;
-        *sleeping &= !(1 << worker);
-        self.condvars[worker].notify_one();
+      Wake::One { prefer } => self.wake(&mut sleeping, 1, prefer),
+      Wake::Many { count, prefer } => self.wake(&mut sleeping, count, prefer),
+    }
+  }
+
+  /// Wakes up to `count` of the `sleeping` workers, those in `prefer` first, clearing their bits.
+  fn wake(&self, sleeping: &mut u64, count: usize, prefer: u64) {
+    for _ in 0..count {
+      if *sleeping == 0 {
+        return;
       }
+      let preferred = *sleeping & prefer;
+      let pool = if preferred == 0 { *sleeping } else { preferred };
+      let worker = pool.trailing_zeros() as usize;
+      *sleeping &= !(1 << worker);
+      self.condvars[worker].notify_one();
     }
   }
 
