@@ -1,6 +1,12 @@
 import { describe, expect, it } from 'vitest'
 
-import type { BindingHistogram, BindingModelHistograms, BindingWorkerStatus } from '../src/binding.cjs'
+import type {
+  BindingHistogram,
+  BindingModelHistograms,
+  BindingProvider,
+  BindingWorkerState,
+  BindingWorkerStatus,
+} from '../src/binding.cjs'
 import { type Snapshot, type StatusContext, toMetrics, toStatus } from '../src/status.js'
 
 // Status and metrics mapped from one made-up native snapshot: no native pool.
@@ -23,8 +29,8 @@ const histograms = (endToEnd = histogram()): BindingModelHistograms => ({
 const worker = (id: number, fields: Partial<BindingWorkerStatus>): BindingWorkerStatus => ({
   id,
   device: 'cpu',
-  provider: 'cpu',
-  state: 'idle',
+  provider: 'cpu' as BindingProvider,
+  state: 'idle' as BindingWorkerState,
   loadedModels: [],
   items: 0,
   batches: 0,
@@ -51,9 +57,9 @@ const snapshot: Snapshot = {
     workers: [
       worker(0, {
         device: 'cuda:0',
-        provider: 'cpu',
+        provider: 'cpu' as BindingProvider,
         fallback: 'no CUDA provider for cuda:0',
-        state: 'busy',
+        state: 'busy' as BindingWorkerState,
         loadedModels: [1],
         items: 30,
         batches: 3,

@@ -99,23 +99,36 @@ export declare const enum BindingErrorCode {
 
 /** Something that happened to a model or a worker. */
 export interface BindingEvent {
-  /**
-   * `model-loaded`, `model-unloaded`, `model-evicted`, `model-load-failed`, `worker-failed`
-   * or `worker-recovered`.
-   */
-  kind: string
+  /** What happened. */
+  kind: BindingEventKind
   /** Worker index. */
   worker: number
   /** Model index, for model events. */
   model?: number
-  /** Why a model was unloaded: `idle` or `requested`. */
-  reason?: string
+  /** Why a model was unloaded. */
+  reason?: BindingUnloadReason
   /** For an eviction: the model loaded in its place. */
   forModel?: number
   /** For a failure: the error. */
   error?: BindingError
   /** For a load: how long it took, milliseconds. */
   tookMs?: number
+}
+
+/** What happened, in an event. */
+export declare const enum BindingEventKind {
+  /** A worker loaded a model. */
+  ModelLoaded = 'model-loaded',
+  /** A worker unloaded a model (idle or requested). */
+  ModelUnloaded = 'model-unloaded',
+  /** A worker unloaded a model to make room for another. */
+  ModelEvicted = 'model-evicted',
+  /** A worker could not load a model. */
+  ModelLoadFailed = 'model-load-failed',
+  /** A worker's batches failed `maxAttempts` times in a row. */
+  WorkerFailed = 'worker-failed',
+  /** A failed worker ran a batch again. */
+  WorkerRecovered = 'worker-recovered',
 }
 
 /** A histogram in `metrics()`. */
@@ -150,8 +163,8 @@ export interface BindingModelSpec {
   name: string
   /** A model folder or ONNX file. */
   path: string
-  /** `mean` or `cls`. */
-  pooling: string
+  /** How token states become one vector per text. */
+  pooling: BindingPooling
   /** Scale results to unit length. */
   normalize: boolean
   /** Override of the model's maximum sequence length. */
@@ -190,6 +203,14 @@ export interface BindingModelStatus {
   memoryBytes: number
   /** Its priority. */
   priority: number
+}
+
+/** How token states become one vector per text. */
+export declare const enum BindingPooling {
+  /** The mean over the real tokens. */
+  Mean = 'mean',
+  /** The first token. */
+  Cls = 'cls',
 }
 
 /** Options of `createPool`, already validated and resolved by the TypeScript layer. */
@@ -237,6 +258,14 @@ export declare const enum BindingPriority {
   Bulk = 'bulk',
 }
 
+/** The execution provider a worker runs on. */
+export declare const enum BindingProvider {
+  /** ONNX Runtime's CPU provider. */
+  Cpu = 'cpu',
+  /** ONNX Runtime's CUDA provider. */
+  Cuda = 'cuda',
+}
+
 /** What was loaded by `initRuntime`. */
 export interface BindingRuntimeInfo {
   /** Absolute path of the ONNX Runtime library. */
@@ -259,20 +288,44 @@ export interface BindingStatus {
   models: Array<BindingModelStatus>
 }
 
+/** Why a model was unloaded (not evicted). */
+export declare const enum BindingUnloadReason {
+  /** Unused for the idle timeout. */
+  Idle = 'idle',
+  /** `unload` asked for it. */
+  Requested = 'requested',
+}
+
+/** What a worker is doing. */
+export declare const enum BindingWorkerState {
+  /** Waiting for work. */
+  Idle = 'idle',
+  /** Running a batch. */
+  Busy = 'busy',
+  /** Loading a model. */
+  Loading = 'loading',
+  /** Pausing after a failed batch. */
+  BackingOff = 'backing-off',
+  /** Its batches failed `maxAttempts` times in a row, or its device failed at start. */
+  Failed = 'failed',
+  /** Its thread has exited. */
+  Stopped = 'stopped',
+}
+
 /** One worker in `status()`. */
 export interface BindingWorkerStatus {
   /** Worker index. */
   id: number
   /** `cpu` or `cuda:N`, as asked. */
   device: string
-  /** The execution provider it runs on: `cpu` or `cuda`. */
-  provider: string
+  /** The execution provider it runs on. */
+  provider: BindingProvider
   /** Why it runs on the CPU although it was given a GPU. */
   fallback?: string
   /** Why its device could not start (it does no work). */
   failure?: string
-  /** `idle`, `busy`, `loading`, `backing-off`, `failed` or `stopped`. */
-  state: string
+  /** What it is doing. */
+  state: BindingWorkerState
   /** Models it holds, by index. */
   loadedModels: Array<number>
   /** Texts embedded. */

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events'
 import { availableParallelism, totalmem } from 'node:os'
 import { resolve } from 'node:path'
 
-import type { BindingEvent, BindingModelSpec, BindingPool } from './binding.cjs'
+import type { BindingEvent, BindingModelSpec, BindingPool, BindingPooling } from './binding.cjs'
 import { submit } from './call.js'
 import { cudaDeviceCount, needsGpuMemory, queryGpuMemory, workerBudgets } from './devices.js'
 import { PoolError, fromNative } from './errors.js'
@@ -125,7 +125,8 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
         model.path === 'default'
           ? await ensureDefaultModel(resolved.cacheDir ?? defaultCacheDir())
           : resolve(model.path)
-      specs.push({ ...model, path })
+      // The binding's string enum has exactly the values of `Pooling`.
+      specs.push({ ...model, path, pooling: model.pooling as BindingPooling })
     }
     const memoryBudgets = workerBudgets(devices, memory, totalmem(), await gpuMemory)
     const emitter: { pool?: Pool; early: BindingEvent[] } = { early: [] }

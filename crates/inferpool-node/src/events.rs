@@ -10,21 +10,24 @@ use napi::{
 };
 use napi_derive::napi;
 
-use crate::{errors::BindingError, numbers::index};
+use crate::{
+  enums::{BindingEventKind, BindingUnloadReason},
+  errors::BindingError,
+  numbers::index,
+};
 
 /// Something that happened to a model or a worker.
 #[napi(object)]
 #[derive(Debug, Clone)]
 pub struct BindingEvent {
-  /// `model-loaded`, `model-unloaded`, `model-evicted`, `model-load-failed`, `worker-failed`
-  /// or `worker-recovered`.
-  pub kind: String,
+  /// What happened.
+  pub kind: BindingEventKind,
   /// Worker index.
   pub worker: u32,
   /// Model index, for model events.
   pub model: Option<u32>,
-  /// Why a model was unloaded: `idle` or `requested`.
-  pub reason: Option<String>,
+  /// Why a model was unloaded.
+  pub reason: Option<BindingUnloadReason>,
   /// For an eviction: the model loaded in its place.
   pub for_model: Option<u32>,
   /// For a failure: the error.
@@ -46,8 +49,8 @@ pub(crate) fn event_sink(callback: EventCallback) -> EventSink {
 
 impl From<Event> for BindingEvent {
   fn from(event: Event) -> Self {
-    let base = |kind: &str, worker: usize, model: Option<usize>| Self {
-      kind: kind.to_owned(),
+    let base = |kind: BindingEventKind, worker: usize, model: Option<usize>| Self {
+      kind,
       worker: index(worker),
       model: model.map(index),
       reason: None,
@@ -58,22 +61,24 @@ impl From<Event> for BindingEvent {
     match event {
       Event::ModelLoaded { model, worker, took } => Self {
         took_ms: Some(took.as_secs_f64() * 1e3),
-        ..base("model-loaded", worker, Some(model))
+        ..base(BindingEventKind::ModelLoaded, worker, Some(model))
       },
-      Event::ModelUnloaded { model, worker, reason: UnloadReason::Evicted { for_model } } => {
-        Self { for_model: Some(index(for_model)), ..base("model-evicted", worker, Some(model)) }
-      }
+      Event::ModelUnloaded { model, worker, reason: UnloadReason::Evicted { for_model } } => Self {
+        for_model: Some(index(for_model)),
+        ..base(BindingEventKind::ModelEvicted, worker, Some(model))
+      },
       Event::ModelUnloaded { model, worker, reason } => Self {
-        reason: Some(if reason == UnloadReason::Idle { "idle" } else { "requested" }.to_owned()),
-        ..base("model-unloaded", worker, Some(model))
+        reason: BindingUnloadReason::of(reason),
+        ..base(BindingEventKind::ModelUnloaded, worker, Some(model))
       },
-      Event::ModelLoadFailed { model, worker, error } => {
-        Self { error: Some((&error).into()), ..base("model-load-failed", worker, Some(model)) }
-      }
+      Event::ModelLoadFailed { model, worker, error } => Self {
+        error: Some((&error).into()),
+        ..base(BindingEventKind::ModelLoadFailed, worker, Some(model))
+      },
       Event::WorkerFailed { worker, error } => {
-        Self { error: Some((&error).into()), ..base("worker-failed", worker, None) }
+        Self { error: Some((&error).into()), ..base(BindingEventKind::WorkerFailed, worker, None) }
       }
-      Event::WorkerRecovered { worker } => base("worker-recovered", worker, None),
+      Event::WorkerRecovered { worker } => base(BindingEventKind::WorkerRecovered, worker, None),
     }
   }
 }

@@ -10,6 +10,7 @@
 //! * [`errors`]: how errors cross into JavaScript (with a `code`).
 
 pub mod call;
+pub mod enums;
 pub mod errors;
 pub mod events;
 pub mod metrics;

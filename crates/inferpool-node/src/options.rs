@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use inferpool_ort::{Device, ModelSpec, PoolSpec, Pooling};
+use inferpool_ort::{Device, ModelSpec, PoolSpec};
 use napi_derive::napi;
 
 use crate::{
+  enums::BindingPooling,
   errors::{BindingErrorCode, Result, coded},
   numbers::saturating_u64,
 };
@@ -19,8 +20,8 @@ pub struct BindingModelSpec {
   pub name: String,
   /// A model folder or ONNX file.
   pub path: String,
-  /// `mean` or `cls`.
-  pub pooling: String,
+  /// How token states become one vector per text.
+  pub pooling: BindingPooling,
   /// Scale results to unit length.
   pub normalize: bool,
   /// Override of the model's maximum sequence length.
@@ -84,10 +85,7 @@ impl TryFrom<BindingModelSpec> for ModelSpec {
 
   fn try_from(spec: BindingModelSpec) -> Result<Self> {
     Ok(Self {
-      pooling: spec
-        .pooling
-        .parse::<Pooling>()
-        .map_err(|e| coded(BindingErrorCode::InvalidInput, e))?,
+      pooling: spec.pooling.into(),
       normalize: spec.normalize,
       max_length: spec.max_length.map(|n| n as usize),
       priority: spec.priority,

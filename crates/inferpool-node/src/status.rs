@@ -1,11 +1,14 @@
 //! `BindingStatus`, `BindingWorkerStatus` and `BindingModelStatus`: what `status()` returns,
 //! built from one snapshot of the core's counters.
 
-use inferpool_core::{PoolStats, WorkerState, WorkerStats};
+use inferpool_core::{PoolStats, WorkerStats};
 use inferpool_ort::WorkerDevices;
 use napi_derive::napi;
 
-use crate::numbers::{index, number};
+use crate::{
+  enums::{BindingProvider, BindingWorkerState},
+  numbers::{index, number},
+};
 
 /// One worker in `status()`.
 #[napi(object)]
@@ -15,14 +18,14 @@ pub struct BindingWorkerStatus {
   pub id: u32,
   /// `cpu` or `cuda:N`, as asked.
   pub device: String,
-  /// The execution provider it runs on: `cpu` or `cuda`.
-  pub provider: String,
+  /// The execution provider it runs on.
+  pub provider: BindingProvider,
   /// Why it runs on the CPU although it was given a GPU.
   pub fallback: Option<String>,
   /// Why its device could not start (it does no work).
   pub failure: Option<String>,
-  /// `idle`, `busy`, `loading`, `backing-off`, `failed` or `stopped`.
-  pub state: String,
+  /// What it is doing.
+  pub state: BindingWorkerState,
   /// Models it holds, by index.
   pub loaded_models: Vec<u32>,
   /// Texts embedded.
@@ -143,18 +146,10 @@ impl BindingWorkerStatus {
     Self {
       id: index(id),
       device: devices.device(id).map(|d| d.to_string()).unwrap_or_default(),
-      provider: devices.provider(id).as_str().to_owned(),
+      provider: devices.provider(id).into(),
       fallback: devices.fallback(id).map(str::to_owned),
       failure: w.failure.clone(),
-      state: match w.state {
-        WorkerState::Idle => "idle",
-        WorkerState::Busy => "busy",
-        WorkerState::Loading => "loading",
-        WorkerState::BackingOff => "backing-off",
-        WorkerState::Failed => "failed",
-        WorkerState::Stopped => "stopped",
-      }
-      .to_owned(),
+      state: w.state.into(),
       loaded_models: (0..w.models.len()).filter(|&m| w.models[m].loaded).map(index).collect(),
       items: number(w.items),
       batches: number(w.batches),
