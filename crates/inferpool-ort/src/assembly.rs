@@ -142,52 +142,10 @@ pub fn build_pool(spec: PoolSpec, events: Option<EventSink>) -> Result<BuiltPool
 
 #[cfg(test)]
 mod tests {
-  use std::{
-    path::{Path, PathBuf},
-    sync::atomic::{AtomicUsize, Ordering},
-  };
-
   use inferpool_core::{BackendErrorKind, CloseMode};
 
   use super::*;
-
-  /// A model folder with a small tokenizer and an ONNX file of `onnx_bytes` bytes (never
-  /// loaded: nothing is preloaded), removed on drop.
-  struct Folder(PathBuf);
-
-  impl Folder {
-    fn new(onnx_bytes: usize) -> Self {
-      static NEXT: AtomicUsize = AtomicUsize::new(0);
-      let dir = std::env::temp_dir().join(format!(
-        "inferpool-ort-assembly-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-      ));
-      std::fs::create_dir_all(&dir).unwrap();
-      let tokenizer = serde_json::json!({
-        "version": "1.0",
-        "pre_tokenizer": { "type": "BertPreTokenizer" },
-        "model": {
-          "type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
-          "max_input_chars_per_word": 100, "vocab": { "[UNK]": 0, "a": 1 }
-        }
-      });
-      std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-      std::fs::write(dir.join("config.json"), r#"{"max_position_embeddings": 64}"#).unwrap();
-      std::fs::write(dir.join("model.onnx"), vec![0_u8; onnx_bytes]).unwrap();
-      Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-      &self.0
-    }
-  }
-
-  impl Drop for Folder {
-    fn drop(&mut self) {
-      let _ = std::fs::remove_dir_all(&self.0);
-    }
-  }
+  use crate::test_folder::ModelFolder;
 
   /// `models` on `devices`, nothing preloaded: no session is built, so no ONNX Runtime needed.
   fn spec(models: Vec<ModelSpec>, devices: Vec<Device>) -> PoolSpec {
@@ -196,14 +154,14 @@ mod tests {
 
   #[test]
   fn resolves_every_model_and_reports_its_length_and_memory() {
-    let (a, b) = (Folder::new(1000), Folder::new(10));
-    let mut second = ModelSpec::new("b", b.path());
+    let (a, b) = (ModelFolder::new(1000), ModelFolder::new(10));
+    let mut second = ModelSpec::new("b", b.dir());
     second.max_length = Some(16);
     second.memory_bytes = Some(123);
     second.priority = 2;
     second.workers = Some(vec![1]);
     let built =
-      build_pool(spec(vec![ModelSpec::new("a", a.path()), second], vec![Device::Cpu; 2]), None)
+      build_pool(spec(vec![ModelSpec::new("a", a.dir()), second], vec![Device::Cpu; 2]), None)
         .unwrap();
     assert_eq!(built.max_lengths, vec![64, 16]);
     let stats = built.pool.stats();
@@ -217,9 +175,9 @@ mod tests {
 
   #[test]
   fn workers_report_their_device_and_provider() {
-    let a = Folder::new(10);
+    let a = ModelFolder::new(10);
     let devices = vec![Device::Cpu, Device::Cuda(3)];
-    let built = build_pool(spec(vec![ModelSpec::new("a", a.path())], devices), None).unwrap();
+    let built = build_pool(spec(vec![ModelSpec::new("a", a.dir())], devices), None).unwrap();
     let workers = &built.workers;
     assert_eq!(workers.device(0), Some(Device::Cpu));
     assert_eq!(workers.device(1), Some(Device::Cuda(3)));
@@ -236,9 +194,9 @@ mod tests {
 
   #[test]
   fn a_missing_model_fails_before_anything_starts() {
-    let a = Folder::new(10);
+    let a = ModelFolder::new(10);
     let models =
-      vec![ModelSpec::new("a", a.path()), ModelSpec::new("gone", "/nonexistent/inferpool/model")];
+      vec![ModelSpec::new("a", a.dir()), ModelSpec::new("gone", "/nonexistent/inferpool/model")];
     let error = build_pool(spec(models, vec![Device::Cpu]), None).unwrap_err();
     assert_eq!(error.kind, BackendErrorKind::ModelNotFound);
     assert!(error.message.contains("/nonexistent/inferpool/model"), "{error}");
@@ -246,16 +204,15 @@ mod tests {
 
   #[test]
   fn no_device_is_invalid_input() {
-    let a = Folder::new(10);
-    let error =
-      build_pool(spec(vec![ModelSpec::new("a", a.path())], Vec::new()), None).unwrap_err();
+    let a = ModelFolder::new(10);
+    let error = build_pool(spec(vec![ModelSpec::new("a", a.dir())], Vec::new()), None).unwrap_err();
     assert_eq!(error.kind, BackendErrorKind::InvalidInput);
   }
 
   #[test]
   fn the_core_checks_what_it_owns() {
-    let a = Folder::new(10);
-    let mut bad = spec(vec![ModelSpec::new("a", a.path())], vec![Device::Cpu]);
+    let a = ModelFolder::new(10);
+    let mut bad = spec(vec![ModelSpec::new("a", a.dir())], vec![Device::Cpu]);
     bad.preload = vec![5];
     let error = build_pool(bad, None).unwrap_err();
     assert_eq!(error.kind, BackendErrorKind::InvalidInput, "{error}");

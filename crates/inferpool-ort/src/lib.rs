@@ -19,6 +19,8 @@ pub mod model;
 pub mod pooling;
 pub mod runtime;
 pub mod spec;
+#[cfg(test)]
+mod test_folder;
 mod tokenization;
 
 pub use assembly::{BuiltPool, Provider, WorkerDevices, build_pool};

@@ -268,54 +268,24 @@ impl EmbeddingModel {
 
 #[cfg(test)]
 mod tests {
-  use std::sync::atomic::{AtomicUsize, Ordering};
-
   use super::*;
+  use crate::test_folder::ModelFolder as Folder;
 
-  /// A model folder with a small `WordPiece` `tokenizer.json` and a `config.json`, removed on drop.
-  struct Folder(PathBuf);
-
-  impl Folder {
-    fn new() -> Self {
-      static NEXT: AtomicUsize = AtomicUsize::new(0);
-      let dir = std::env::temp_dir().join(format!(
-        "inferpool-ort-model-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-      ));
-      std::fs::create_dir_all(&dir).unwrap();
-      let tokenizer = serde_json::json!({
-        "version": "1.0",
-        "pre_tokenizer": { "type": "BertPreTokenizer" },
-        "model": {
-          "type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
-          "max_input_chars_per_word": 100, "vocab": { "[UNK]": 0, "a": 1 }
-        }
-      });
-      std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-      std::fs::write(dir.join("config.json"), r#"{"max_position_embeddings": 64}"#).unwrap();
-      std::fs::write(dir.join("model.onnx"), b"").unwrap();
-      Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-      self.0.join(name)
-    }
-
-    fn load(&self) -> Result<EmbeddingModel, BackendError> {
-      EmbeddingModel::load(ModelFiles::resolve(&self.0)?, None)
-    }
-
+  /// What the tests do with a model folder.
+  trait Model {
+    fn load(&self) -> Result<EmbeddingModel, BackendError>;
     /// Replaces `name` with a file of `len` bytes (sparse: nothing is written).
+    fn sized(&self, name: &str, len: u64);
+  }
+
+  impl Model for Folder {
+    fn load(&self) -> Result<EmbeddingModel, BackendError> {
+      EmbeddingModel::load(ModelFiles::resolve(self.dir())?, None)
+    }
+
     fn sized(&self, name: &str, len: u64) {
       let file = File::create(self.path(name)).unwrap();
       file.set_len(len).unwrap();
-    }
-  }
-
-  impl Drop for Folder {
-    fn drop(&mut self) {
-      let _ = std::fs::remove_dir_all(&self.0);
     }
   }
 
@@ -329,7 +299,7 @@ mod tests {
   #[test]
   fn a_link_to_a_device_is_refused_without_reading_it() {
     for name in ["config.json", "tokenizer_config.json", "tokenizer.json"] {
-      let folder = Folder::new();
+      let folder = Folder::new(0);
       let _ = std::fs::remove_file(folder.path(name));
       std::os::unix::fs::symlink("/dev/zero", folder.path(name)).unwrap();
       let message = model_failure(folder.load());
@@ -341,7 +311,7 @@ mod tests {
 
   #[test]
   fn a_directory_is_refused_a_link_to_a_regular_file_followed() {
-    let folder = Folder::new();
+    let folder = Folder::new(0);
     assert_eq!(folder.load().unwrap().max_length, 64);
     std::fs::remove_file(folder.path("config.json")).unwrap();
     std::fs::create_dir(folder.path("config.json")).unwrap();
@@ -351,7 +321,7 @@ mod tests {
     std::fs::remove_dir(folder.path("config.json")).unwrap();
     #[cfg(unix)]
     {
-      let elsewhere = Folder::new();
+      let elsewhere = Folder::new(0);
       std::fs::write(elsewhere.path("config.json"), r#"{"max_position_embeddings": 16}"#).unwrap();
       std::os::unix::fs::symlink(elsewhere.path("config.json"), folder.path("config.json"))
         .unwrap();
@@ -365,18 +335,18 @@ mod tests {
 
   #[test]
   fn files_over_their_limit_are_refused() {
-    let folder = Folder::new();
+    let folder = Folder::new(0);
     folder.sized("config.json", CONFIG_JSON_LIMIT + 1);
     let message = model_failure(folder.load());
     assert!(message.contains("config.json"), "{message}");
     assert!(message.contains(&format!("is {} bytes", CONFIG_JSON_LIMIT + 1)), "{message}");
     assert!(message.contains("the 1 MiB limit"), "{message}");
 
-    let folder = Folder::new();
+    let folder = Folder::new(0);
     folder.sized("tokenizer_config.json", CONFIG_JSON_LIMIT + 1);
     assert!(model_failure(folder.load()).contains("tokenizer_config.json"));
 
-    let folder = Folder::new();
+    let folder = Folder::new(0);
     folder.sized("tokenizer.json", TOKENIZER_JSON_LIMIT + 1);
     let message = model_failure(folder.load());
     assert!(message.contains("tokenizer.json"), "{message}");
@@ -385,7 +355,7 @@ mod tests {
 
   #[test]
   fn reads_stop_at_the_limit() {
-    let folder = Folder::new();
+    let folder = Folder::new(0);
     let path = folder.path("config.json");
     assert_eq!(read_model_file(&path, 1 << 10).unwrap().unwrap().len(), 31);
     let message = read_model_file(&path, 8).unwrap_err().message;
