@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util'
 import { add, complete, cycle, suite } from 'benny'
 
 import { CONTENDERS } from './lib/contenders.mjs'
-import { buildCorpus, describeCorpus } from './lib/corpus.mjs'
+import { buildCorpus, checkTexts, describeCorpus } from './lib/corpus.mjs'
 import { startContender } from './lib/host.mjs'
 import { defaultModel } from './lib/model.mjs'
 import { machine, outputCheck, ratios, table } from './lib/report.mjs'
@@ -164,18 +164,6 @@ function report() {
   for (const line of descriptions) console.log(line)
   console.log(machine())
   console.log(`whole run: ${((performance.now() - started) / 1000).toFixed(0)} s`)
-}
-
-/** A few texts for the output check: two classic sentences, short to long corpus chunks (the longest is truncated). */
-function checkTexts(texts) {
-  const byLength = [...texts].sort((a, b) => a.length - b.length)
-  return [
-    'A man is eating food.',
-    'A man is eating a piece of bread.',
-    byLength[Math.floor(byLength.length * 0.1)],
-    byLength[Math.floor(byLength.length * 0.5)],
-    byLength.at(-1),
-  ]
 }
 
 function select(only) {

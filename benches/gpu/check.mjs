@@ -50,7 +50,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 
 import { Pool, bundledLibraryPath, ensureDefaultModel, resolveLibraryPath } from '../../dist/index.js'
-import { buildCorpus, describeCorpus } from '../lib/corpus.mjs'
+import { buildCorpus, checkTexts, describeCorpus } from '../lib/corpus.mjs'
 import { startContender } from '../lib/host.mjs'
 import { defaultModel } from '../lib/model.mjs'
 import { machine, outputCheck, ratios, table } from '../lib/report.mjs'
@@ -637,8 +637,7 @@ async function checkThroughput(model, texts, dryRun) {
     },
   ]
   const workloads = planWorkloads(texts.length, dryRun).filter((w) => w.id !== 'trickle')
-  const checkTexts = sampleTexts(texts)
-  const init = { model, texts, checkTexts }
+  const init = { model, texts, checkTexts: checkTexts(texts) }
   const rows = []
   const vectors = new Map()
   const descriptions = []
@@ -680,7 +679,7 @@ async function checkThroughput(model, texts, dryRun) {
   let outputsAgree = false
   if (reference && peer) {
     const countTokens = createTokenize(model.tokenizer, Infinity)
-    const truncated = checkTexts.map((text) => countTokens(text).length > model.maxLength)
+    const truncated = init.checkTexts.map((text) => countTokens(text).length > model.maxLength)
     const peerContender = contenders.find((c) => c.id === 'ort-session')
     const lines = outputCheck([{ contender: peerContender, vectors: peer }], reference, truncated, PEER_THRESHOLD)
     console.log(`\noutput check, cosine against ${dryRun ? 'inferpool on the CPU' : 'inferpool on cuda:0'}:`)
@@ -721,18 +720,6 @@ async function checkThroughput(model, texts, dryRun) {
     result: outputsAgree ? 'measured' : 'FAIL',
     detail: `${parts.join('; ')}; inferpool's event-loop p99 at most ${loopWorst.toFixed(2)} ms; ${outputs}`,
   }
-}
-
-/** Texts for the output check: two classic sentences and short, median and longest corpus chunks. */
-function sampleTexts(texts) {
-  const byLength = [...texts].sort((a, b) => a.length - b.length)
-  return [
-    'A man is eating food.',
-    'A man is eating a piece of bread.',
-    byLength[Math.floor(byLength.length * 0.1)],
-    byLength[Math.floor(byLength.length * 0.5)],
-    byLength.at(-1),
-  ]
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -47,3 +47,15 @@ export function describeCorpus({ texts, source }, tokenizer, maxLength) {
     `${((100 * truncated) / texts.length).toFixed(1)}% truncated at ${maxLength}`
   )
 }
+
+/** A few texts for the output check: two classic sentences, short to long corpus chunks (the longest is truncated). */
+export function checkTexts(texts) {
+  const byLength = [...texts].sort((a, b) => a.length - b.length)
+  return [
+    'A man is eating food.',
+    'A man is eating a piece of bread.',
+    byLength[Math.floor(byLength.length * 0.1)],
+    byLength[Math.floor(byLength.length * 0.5)],
+    byLength.at(-1),
+  ]
+}
