@@ -12,6 +12,7 @@ import {
   type OnDeviceFailure,
   planDevices,
 } from './devices.js'
+import type { BindingPoolOptions } from './binding.cjs'
 import { PoolError } from './errors.js'
 import type { EmbedOptions, ModelSpec, Pooling, PoolOptions, Priority, Progress, StreamOptions } from './types.js'
 
@@ -137,19 +138,7 @@ export interface ResolvedOptions {
   /** `cacheDir`, when given. */
   cacheDir: string | undefined
   /** The rest, as the native pool takes it. */
-  scheduler: {
-    intraOpThreads: number
-    maxBatchSize: number
-    maxBatchTokens: number
-    maxQueuedItems: number
-    maxWaitMs: number
-    cpuFallback: boolean
-    tolerateDeviceFailures: boolean
-    waitWhenFull: boolean
-    idleTimeoutMs: number | undefined
-    maxSwitchesPerHour: number | undefined
-    switchDelayMs: number
-  }
+  scheduler: Omit<BindingPoolOptions, 'models' | 'preload' | 'devices' | 'memoryBudgets'>
 }
 
 /**
