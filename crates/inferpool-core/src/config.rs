@@ -71,6 +71,11 @@ impl PoolConfig {
     self.memory_budget.get(worker).copied().unwrap_or(u64::MAX)
   }
 
+  /// Whether `model` may load on worker `worker` and fits its whole budget.
+  pub(crate) fn fits(&self, model: &crate::ModelConfig, worker: usize) -> bool {
+    model.allows(worker) && model.memory <= self.budget(worker)
+  }
+
   /// The pause after `failures` consecutive failures (at least 1): `backoff_initial ×
   /// 2^(failures-1)`, at most `backoff_max`.
   pub(crate) fn backoff(&self, failures: u32) -> Duration {

@@ -231,7 +231,7 @@ impl Registry {
 
   /// Workers holding `model` now.
   pub(crate) fn holders(&self, model: usize) -> usize {
-    self.workers.iter().filter(|w| w.holds(model)).count()
+    self.holder_mask(model).count_ones() as usize
   }
 
   /// The workers holding `model` now, one bit each (whom a single wake prefers).
@@ -243,11 +243,8 @@ impl Registry {
   /// too little memory budget for it.
   pub(crate) fn unplaceable(&self, model: usize) -> Option<String> {
     let shared = &self.models[model];
-    let usable = |w: usize| {
-      shared.config.allows(w)
-        && self.workers[w].failure.get().is_none()
-        && shared.config.memory <= self.config.budget(w)
-    };
+    let usable =
+      |w: usize| self.config.fits(&shared.config, w) && self.workers[w].failure.get().is_none();
     if (0..self.workers.len()).any(usable) {
       return None;
     }

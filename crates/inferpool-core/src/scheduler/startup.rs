@@ -25,7 +25,7 @@ pub(crate) fn validate(config: &PoolConfig, models: &Models) -> Result<(), Backe
   }
   for &index in &models.preload {
     let Some(model) = models.models.get(index) else { continue };
-    let fits = (0..config.workers).any(|w| model.allows(w) && model.memory <= config.budget(w));
+    let fits = (0..config.workers).any(|w| config.fits(model, w));
     if !fits {
       return Err(invalid(format!(
         "model {:?} can load on no worker: it needs {} bytes, and the workers it may use ({}) have less memory budget",
@@ -53,7 +53,7 @@ pub(crate) fn start_worker(
   let index = worker.index;
   for &model in preload {
     let config = &worker.registry.models[model].config;
-    if !config.allows(index) || config.memory > worker.registry.config.budget(index) {
+    if !worker.registry.config.fits(config, index) {
       continue;
     }
     if let Err(error) = worker.load_claimed(model) {
