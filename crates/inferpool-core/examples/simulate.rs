@@ -29,18 +29,21 @@ use std::{
 };
 
 use inferpool_core::{
-  Backend, BatchPolicy, CloseMode, Pool, PoolConfig, SubmitOptions, TokenizedText,
+  Backend, BatchPolicy, CloseMode, Pool, PoolConfig, Priority, ShareRule, SubmitOptions,
+  TokenizedText,
   sim::{SimBackend, SimTokenizer},
 };
 
 const PER_BATCH: Duration = Duration::from_micros(500);
 const PER_TOKEN: Duration = Duration::from_micros(20);
 
-/// One request: when it arrives (offset from the start) and its item lengths in tokens.
+/// One request: when it arrives (offset from the start), its item lengths in tokens, and
+/// whether it is interactive (the baselines have no priorities and ignore it).
 #[derive(Clone)]
 struct Request {
   at: Duration,
   lengths: Vec<usize>,
+  interactive: bool,
 }
 
 struct Scenario {
@@ -77,6 +80,8 @@ struct Outcome {
   busy: Vec<Duration>,
   per_worker: Vec<usize>,
   latencies: Vec<Duration>,
+  /// The latencies of bulk items (inferpool only; empty for the baselines).
+  bulk_latencies: Vec<Duration>,
   completed: usize,
 }
 
@@ -263,7 +268,14 @@ fn preassigned(scenario: &Scenario, least_busy: bool, full: bool) -> Outcome {
     w.join().unwrap();
   }
   let makespan = if completed == scenario.items() { last - start } else { start.elapsed() };
-  Outcome { makespan, busy: tally.meters().0, per_worker: tally.meters().1, latencies, completed }
+  Outcome {
+    makespan,
+    busy: tally.meters().0,
+    per_worker: tally.meters().1,
+    latencies,
+    bulk_latencies: Vec::new(),
+    completed,
+  }
 }
 
 /// (c): one shared FIFO queue; a free worker takes up to a batch from its head.
@@ -291,14 +303,20 @@ fn central_queue(scenario: &Scenario) -> Outcome {
     busy: tally.meters().0,
     per_worker: tally.meters().1,
     latencies,
+    bulk_latencies: Vec::new(),
     completed,
   }
 }
 
-/// (d): the real pool.
+/// (d): the real pool, with its defaults.
 fn inferpool(scenario: &Scenario) -> Outcome {
+  inferpool_with(scenario, |_| {})
+}
+
+/// The real pool, its configuration changed by `adjust` (the ablations).
+fn inferpool_with(scenario: &Scenario, adjust: impl Fn(&mut PoolConfig)) -> Outcome {
   let slowdowns = scenario.slowdowns.clone();
-  let config = PoolConfig {
+  let mut config = PoolConfig {
     workers: slowdowns.len(),
     policy: BatchPolicy {
       max_batch_size: scenario.batch,
@@ -307,6 +325,7 @@ fn inferpool(scenario: &Scenario) -> Outcome {
     },
     ..PoolConfig::default()
   };
+  adjust(&mut config);
   let pool = Pool::new(
     &config,
     Arc::new(SimTokenizer),
@@ -321,10 +340,12 @@ fn inferpool(scenario: &Scenario) -> Outcome {
       scenario.requests[r].lengths.iter().map(|&len| "x".repeat(len)).collect();
     let tx = tx.clone();
     submitted.push(Instant::now());
+    let priority =
+      if scenario.requests[r].interactive { Priority::Interactive } else { Priority::Bulk };
     pool
       .submit(
         &texts,
-        SubmitOptions::default(),
+        SubmitOptions { priority, ..SubmitOptions::default() },
         Box::new(move |result| {
           result.expect("the simulated backend does not fail here");
           tx.send((r, Instant::now())).unwrap();
@@ -333,12 +354,15 @@ fn inferpool(scenario: &Scenario) -> Outcome {
       .expect("admission has room");
   });
   drop(tx);
-  let mut latencies = Vec::new();
+  let (mut latencies, mut bulk_latencies) = (Vec::new(), Vec::new());
   let mut last = start;
   let mut completed = 0;
   for (r, at) in &rx {
     let items = scenario.requests[r].lengths.len();
     latencies.extend(std::iter::repeat_n(at - submitted[r], items));
+    if !scenario.requests[r].interactive {
+      bulk_latencies.extend(std::iter::repeat_n(at - submitted[r], items));
+    }
     completed += items;
     last = last.max(at);
   }
@@ -372,6 +396,7 @@ fn inferpool(scenario: &Scenario) -> Outcome {
       .map(|w| usize::try_from(w.items).unwrap_or(usize::MAX))
       .collect(),
     latencies,
+    bulk_latencies,
     completed,
   }
 }
@@ -391,7 +416,10 @@ fn lengths(count: usize, lo: usize, hi: usize, seed: u64) -> Vec<usize> {
 
 /// `items` split into requests of `per_request`, all arriving at once.
 fn at_once(items: &[usize], per_request: usize) -> Vec<Request> {
-  items.chunks(per_request).map(|c| Request { at: Duration::ZERO, lengths: c.to_vec() }).collect()
+  items
+    .chunks(per_request)
+    .map(|c| Request { at: Duration::ZERO, lengths: c.to_vec(), interactive: false })
+    .collect()
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -406,9 +434,18 @@ fn scenarios() -> Vec<Scenario> {
       (0..25).map(move |k| Request {
         at: Duration::from_millis(burst * 15),
         lengths: lengths(1 + (k % 4), 16, 96, burst * 100 + k as u64 + 1),
+        interactive: false,
       })
     })
     .collect();
+  // A small bulk job, then 300 ms of interactive work arriving faster than the workers can run
+  // it: the bulk job must not wait for the flood to end.
+  let mut flood = at_once(&uniform(160), 16);
+  flood.extend((0..1500_u64).map(|k| Request {
+    at: Duration::from_micros(200 * k),
+    lengths: lengths(4, 48, 80, 9000 + k),
+    interactive: true,
+  }));
   vec![
     Scenario {
       name: "1,070 items / 16 workers / batch 160",
@@ -437,6 +474,12 @@ fn scenarios() -> Vec<Scenario> {
     Scenario {
       name: "bursts of small requests",
       requests: bursts,
+      slowdowns: vec![1.0; 16],
+      batch: 160,
+    },
+    Scenario {
+      name: "interactive flood over bulk",
+      requests: flood,
       slowdowns: vec![1.0; 16],
       batch: 160,
     },
@@ -513,4 +556,60 @@ fn main() {
     }
   }
   println!("worst makespan/lower-bound for inferpool: {worst:.3}");
+  ablations(only.as_deref());
+}
+
+/// A heuristic switched off: its name and the change to the defaults.
+type Ablation = (&'static str, fn(&mut PoolConfig));
+
+/// The pool with each heuristic switched off in turn, every scenario run `SIM_REPEAT` times
+/// (default 3); the medians are printed.
+fn ablations(only: Option<&str>) {
+  let variants: [Ablation; 6] = [
+    ("all heuristics on", |_| {}),
+    ("adaptive budget off", |c| c.adaptive.enabled = false),
+    ("equal split, not water-filling", |c| c.policy.share = ShareRule::Equal),
+    ("no smaller first batch", |c| c.policy.first_batch_divisor = 1),
+    ("no padding up to one batch's cost", |c| c.policy.pad_within_batch_cost = false),
+    ("no fairness tick", |c| c.policy.fairness_interval = 0),
+  ];
+  let repeat: usize =
+    std::env::var("SIM_REPEAT").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
+  println!();
+  println!("Ablations (median of {repeat} runs):");
+  println!();
+  println!("| scenario | variant | ÷ lower bound | p50 ms | p99 ms | bulk p99 ms |");
+  println!("|---|---|---:|---:|---:|---:|");
+  for scenario in scenarios() {
+    if only.is_some_and(|o| !scenario.name.contains(o)) {
+      continue;
+    }
+    let bound = scenario.lower_bound().as_secs_f64();
+    for (name, adjust) in variants {
+      let mut runs: Vec<[f64; 4]> = (0..repeat)
+        .map(|_| {
+          let mut outcome = inferpool_with(&scenario, adjust);
+          outcome.latencies.sort();
+          outcome.bulk_latencies.sort();
+          let ms = |d: Duration| d.as_secs_f64() * 1e3;
+          let ratio = if outcome.completed < scenario.items() {
+            f64::INFINITY
+          } else {
+            outcome.makespan.as_secs_f64() / bound
+          };
+          [
+            ratio,
+            ms(percentile(&outcome.latencies, 0.5)),
+            ms(percentile(&outcome.latencies, 0.99)),
+            ms(percentile(&outcome.bulk_latencies, 0.99)),
+          ]
+        })
+        .collect();
+      let [ratio, p50, p99, bulk_p99] = [0, 1, 2, 3].map(|k| {
+        runs.sort_by(|a, b| a[k].total_cmp(&b[k]));
+        runs[runs.len() / 2][k]
+      });
+      println!("| {} | {name} | {ratio:.3} | {p50:.1} | {p99:.1} | {bulk_p99:.1} |", scenario.name);
+    }
+  }
 }

@@ -29,16 +29,6 @@ pub enum Priority {
   Bulk,
 }
 
-impl Priority {
-  /// Index of the priority's injector.
-  pub(crate) fn index(self) -> usize {
-    match self {
-      Self::Interactive => 0,
-      Self::Bulk => 1,
-    }
-  }
-}
-
 /// Per-request options of [`crate::Pool::submit`].
 #[derive(Clone, Debug, Default)]
 pub struct SubmitOptions {

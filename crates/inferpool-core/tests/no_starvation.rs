@@ -50,6 +50,29 @@ fn bulk_progresses_under_constant_interactive_load() {
 }
 
 #[test]
+fn bulk_gets_its_turn_while_an_interactive_backlog_waits() {
+  let backend = SimBackend {
+    per_batch: Duration::from_micros(50),
+    per_token: Duration::from_micros(10),
+    ..sim()
+  };
+  let pool = pool_with(&config(2, 32), backend);
+  // Lengths differ by a token or two: batches split by padding, and what a worker gathered and
+  // did not run waits in its own deque.
+  let flood: Vec<String> =
+    (0..3000).map(|i| format!("interactive {}", "x".repeat(i % 7))).collect();
+  let interactive = SubmitOptions { priority: Priority::Interactive, ..SubmitOptions::default() };
+  let (_, flood_rx) = submit(&pool, &flood, interactive).unwrap();
+  let texts: Vec<String> = (0..8).map(|k| format!("bulk {k}")).collect();
+  let (_, bulk_rx) = submit(&pool, &texts, SubmitOptions::default()).unwrap();
+  bulk_rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+  // Every few batches are bulk's: the bulk call is done long before the backlog.
+  let done: u64 = pool.stats().workers.iter().map(|w| w.items).sum();
+  assert!(done < 1500, "{done} items ran before the bulk call was answered");
+  flood_rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+}
+
+#[test]
 fn interactive_jumps_the_bulk_queue() {
   let backend = SimBackend { per_batch: Duration::from_millis(5), ..sim() };
   let pool = pool_with(&config(1, 4), backend);

@@ -4,8 +4,8 @@
 //! 1. The candidates are a window of queued items the worker holds (see the scheduler).
 //! 2. They are sorted by length and the batch is a run of neighbours in that order, so items of
 //!    similar length travel together and padding shrinks.
-//! 3. The run always contains the most urgent candidate (interactive before bulk, then oldest),
-//!    so no item starves behind shorter ones.
+//! 3. The run always contains the most urgent candidate (the priority whose turn it is, usually
+//!    interactive, then oldest), so no item starves behind shorter ones.
 //! 4. It holds at most `cap` items and its padded cost (longest × count) stays within the
 //!    token budget; an item longer than the budget still runs, alone.
 //! 5. Its padding stays within `max_padding` of its real tokens, or within what one more batch
@@ -25,7 +25,10 @@ use std::{
   time::{Duration, Instant},
 };
 
-use crate::{TokenizedText, request::Request};
+use crate::{
+  TokenizedText,
+  request::{Priority, Request},
+};
 
 /// Limits that shape every batch.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -45,6 +48,27 @@ pub struct BatchPolicy {
   /// most 2% above real ones), unless the padding costs less than one more batch would. A batch
   /// stops growing before it would exceed this.
   pub max_padding: f64,
+  /// Padding is also allowed up to what one more batch would cost (the worker's fitted cost
+  /// model), when that allows more than `max_padding`.
+  pub pad_within_batch_cost: bool,
+  /// How a free worker sizes its part of a model's queue.
+  pub share: ShareRule,
+  /// A worker whose speed on a model is not measured yet runs batches this many times smaller
+  /// than its share (1: no smaller first batch).
+  pub first_batch_divisor: usize,
+  /// Bulk goes first on every `fairness_interval`-th batch of a worker, even when interactive
+  /// work waits (tokio's `global_queue_interval` idea); 0 never lets bulk go first.
+  pub fairness_interval: u32,
+}
+
+/// How a free worker sizes its part of a model's queued tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShareRule {
+  /// Enough to finish when every worker holding the model finishes, given their measured speeds
+  /// and the batches they are running ([`share::fair_share`]).
+  WaterFilling,
+  /// The queue divided evenly by the workers holding the model.
+  Equal,
 }
 
 impl Default for BatchPolicy {
@@ -55,6 +79,10 @@ impl Default for BatchPolicy {
       window: 2048,
       max_wait: Duration::ZERO,
       max_padding: 0.02,
+      pad_within_batch_cost: true,
+      share: ShareRule::WaterFilling,
+      first_batch_divisor: 4,
+      fairness_interval: 4,
     }
   }
 }
@@ -115,9 +143,9 @@ impl Drop for Queued {
 }
 
 impl Queued {
-  /// Sort key of urgency: interactive first, then oldest.
-  fn urgency(&self) -> (usize, u64) {
-    (self.request.priority.index(), self.seq)
+  /// Sort key of urgency when `first` goes first: that priority, then oldest.
+  fn urgency(&self, first: Priority) -> (bool, u64) {
+    (self.request.priority != first, self.seq)
   }
 
   /// Padded length used for cost (an empty item still occupies one position).
@@ -159,22 +187,24 @@ pub(crate) struct Selection {
   pub(crate) budget_bound: bool,
 }
 
-/// Cuts one batch out of `candidates` (see the module docs).
+/// Cuts one batch out of `candidates` (see the module docs), built around the oldest candidate
+/// of priority `first` (or the oldest one, when none has it).
 pub(crate) fn select(
   mut candidates: Vec<Queued>,
   cap: usize,
   token_budget: usize,
   max_padding: f64,
   cost: Option<CostModel>,
+  first: Priority,
 ) -> Selection {
   if candidates.is_empty() {
     return Selection { batch: candidates, rest: Vec::new(), budget_bound: false };
   }
-  candidates.sort_by_key(|q| (q.len(), q.urgency()));
+  candidates.sort_by_key(|q| (q.len(), q.urgency(first)));
   let most_urgent = candidates
     .iter()
     .enumerate()
-    .min_by_key(|(_, q)| q.urgency())
+    .min_by_key(|(_, q)| q.urgency(first))
     .map(|(i, _)| i)
     .expect("candidates is not empty");
   let cap = cap.max(1);
@@ -213,7 +243,7 @@ pub(crate) fn select(
   let mut rest: Vec<Queued> = candidates.drain(hi..).collect();
   let batch: Vec<Queued> = candidates.drain(lo..).collect();
   rest.append(&mut candidates);
-  rest.sort_by_key(Queued::urgency);
+  rest.sort_by_key(|q| q.urgency(first));
   Selection { batch, rest, budget_bound }
 }
 
@@ -249,7 +279,7 @@ pub(crate) mod tests {
 
   #[test]
   fn takes_a_partial_batch_without_waiting() {
-    let s = select(items(&[5, 3], Priority::Bulk), 8, 1000, 1.0, None);
+    let s = select(items(&[5, 3], Priority::Bulk), 8, 1000, 1.0, None, Priority::Interactive);
     assert_eq!(indices(&s.batch), vec![1, 0]);
     assert!(s.rest.is_empty());
     assert!(!s.budget_bound);
@@ -257,7 +287,8 @@ pub(crate) mod tests {
 
   #[test]
   fn groups_similar_lengths_and_keeps_the_oldest() {
-    let s = select(items(&[100, 5, 99, 6], Priority::Bulk), 2, 10_000, 0.05, None);
+    let s =
+      select(items(&[100, 5, 99, 6], Priority::Bulk), 2, 10_000, 0.05, None, Priority::Interactive);
     // The oldest (100 tokens) goes with its nearest neighbour in length, 99.
     assert_eq!(indices(&s.batch), vec![2, 0]);
     assert_eq!(indices(&s.rest), vec![1, 3]);
@@ -265,19 +296,26 @@ pub(crate) mod tests {
 
   #[test]
   fn respects_the_token_budget() {
-    let s = select(items(&[10, 10, 10, 10], Priority::Bulk), 10, 30, 0.05, None);
+    let s =
+      select(items(&[10, 10, 10, 10], Priority::Bulk), 10, 30, 0.05, None, Priority::Interactive);
     assert_eq!(s.batch.len(), 3);
     assert!(s.budget_bound);
     // An item longer than the budget still runs, alone.
-    assert_eq!(select(items(&[50, 50], Priority::Bulk), 10, 30, 0.05, None).batch.len(), 1);
+    assert_eq!(
+      select(items(&[50, 50], Priority::Bulk), 10, 30, 0.05, None, Priority::Interactive)
+        .batch
+        .len(),
+      1
+    );
   }
 
   #[test]
   fn bounds_padding() {
     // 10 and 20 together would pad 30 real tokens to 40.
-    let s = select(items(&[10, 20, 10], Priority::Bulk), 8, 1000, 0.05, None);
+    let s =
+      select(items(&[10, 20, 10], Priority::Bulk), 8, 1000, 0.05, None, Priority::Interactive);
     assert_eq!(indices(&s.batch), vec![0, 2]);
-    let s = select(items(&[10, 20, 10], Priority::Bulk), 8, 1000, 0.5, None);
+    let s = select(items(&[10, 20, 10], Priority::Bulk), 8, 1000, 0.5, None, Priority::Interactive);
     assert_eq!(s.batch.len(), 3);
   }
 
@@ -285,11 +323,25 @@ pub(crate) mod tests {
   fn a_cost_model_trades_padding_against_batch_overhead() {
     // Costly batches: padding 10 up to 20 is worth it to run all four together.
     let heavy = CostModel { fixed: 1.0, per_token: 0.001 };
-    let s = select(items(&[10, 10, 20, 20], Priority::Bulk), 8, 1000, 0.05, Some(heavy));
+    let s = select(
+      items(&[10, 10, 20, 20], Priority::Bulk),
+      8,
+      1000,
+      0.05,
+      Some(heavy),
+      Priority::Interactive,
+    );
     assert_eq!(s.batch.len(), 4);
     // Free batches, costly tokens: the two short ones run alone.
     let light = CostModel { fixed: 0.0, per_token: 0.001 };
-    let s = select(items(&[10, 10, 20, 20], Priority::Bulk), 8, 1000, 0.05, Some(light));
+    let s = select(
+      items(&[10, 10, 20, 20], Priority::Bulk),
+      8,
+      1000,
+      0.05,
+      Some(light),
+      Priority::Interactive,
+    );
     assert_eq!(indices(&s.batch), vec![0, 1]);
   }
 
@@ -299,8 +351,24 @@ pub(crate) mod tests {
     let mut interactive = items(&[40], Priority::Interactive);
     interactive[0].seq = 99;
     candidates.append(&mut interactive);
-    let s = select(candidates, 1, 1000, 0.05, None);
+    let s = select(candidates, 1, 1000, 0.05, None, Priority::Interactive);
     assert_eq!(s.batch[0].request.priority, Priority::Interactive);
+  }
+
+  #[test]
+  fn on_bulk_turns_the_oldest_bulk_item_goes_first() {
+    let mut candidates = items(&[40], Priority::Interactive);
+    let mut bulk = items(&[4, 4], Priority::Bulk);
+    bulk[0].seq = 7;
+    bulk[1].seq = 5;
+    candidates.append(&mut bulk);
+    let s = select(candidates, 1, 1000, 0.05, None, Priority::Bulk);
+    assert_eq!(s.batch[0].request.priority, Priority::Bulk);
+    assert_eq!(s.batch[0].seq, 5);
+    assert_eq!(s.rest.len(), 2);
+    // Without bulk candidates, the turn falls to the oldest item.
+    let s = select(items(&[40, 30], Priority::Interactive), 1, 1000, 0.05, None, Priority::Bulk);
+    assert_eq!(s.batch[0].index, 0);
   }
 
   #[test]

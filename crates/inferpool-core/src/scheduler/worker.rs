@@ -10,9 +10,9 @@ use std::{
 use crossbeam_deque::{Steal, Worker};
 
 use crate::{
-  BackendError, BackendErrorKind, Event, PoolError, UnloadReason, WorkerState,
+  BackendError, BackendErrorKind, Event, PoolError, Priority, UnloadReason, WorkerState,
   batch::{
-    Queued,
+    Queued, ShareRule,
     adaptive::Controller,
     queue::CLASSES,
     select,
@@ -25,13 +25,6 @@ use crate::{
     sleep::{Round, Wake, run_worker},
   },
 };
-
-/// Bulk goes first on every `FAIRNESS_INTERVAL`-th batch, even when interactive work waits, so
-/// bulk is never starved (tokio's `global_queue_interval` idea).
-const FAIRNESS_INTERVAL: u64 = 4;
-
-/// A worker whose speed is not yet measured runs batches this many times smaller.
-const FIRST_BATCH_DIVISOR: usize = 4;
 
 /// How many random victims a worker tries per steal round before it concludes there is nothing.
 const STEAL_ROUNDS: usize = 2;
@@ -250,7 +243,10 @@ impl WorkerThread {
       clippy::cast_sign_loss,
       reason = "token counts are far below 2^52"
     )]
-    let share = fair_share(queued as f64, mine, &mut peers).ceil() as usize;
+    let share = match r.config.policy.share {
+      ShareRule::WaterFilling => fair_share(queued as f64, mine, &mut peers).ceil() as usize,
+      ShareRule::Equal => queued.div_ceil(peers.len() + 1),
+    };
     // Items are whole: round the share to the nearest item rather than down, or the last items
     // of a job are left over for an extra round of small batches.
     share.saturating_add(queued / queued_items.max(1) / 2).max(1)
@@ -281,11 +277,12 @@ impl WorkerThread {
     if self.shared().models[model].token_speed.load(Ordering::Relaxed) == 0 {
       // Speed not measured yet: a first, smaller batch measures it without handing a slow
       // device a large part of the queue.
-      budget = budget.div_ceil(FIRST_BATCH_DIVISOR);
+      budget = budget.div_ceil(policy.first_batch_divisor.max(1));
     }
     let adaptive_bound = budget >= controller.budget();
     self.tick += 1;
-    let bulk_first = self.tick.is_multiple_of(FAIRNESS_INTERVAL);
+    let bulk_first =
+      policy.fairness_interval > 0 && self.tick.is_multiple_of(u64::from(policy.fairness_interval));
     let mut held = false;
     loop {
       let candidates = self.gather(model, cap, budget, bulk_first);
@@ -324,7 +321,8 @@ impl WorkerThread {
         cap,
         budget,
         policy.max_padding,
-        self.models[model].controller.cost_model(),
+        self.models[model].controller.cost_model().filter(|_| policy.pad_within_batch_cost),
+        if bulk_first { Priority::Bulk } else { Priority::Interactive },
       );
       // The rest goes back in length order: a thief takes from the front, so what it steals is a
       // run of similar lengths that batches with little padding.
@@ -343,7 +341,8 @@ impl WorkerThread {
 
   /// Collects candidates of `model`: interactive items first (unless it is bulk's turn), else
   /// what the local deque holds, topped up from the bulk length classes to `cap` items and
-  /// `budget` tokens, else a steal.
+  /// `budget` tokens (on bulk's turn, of bulk items: interactive ones left in the deque by
+  /// earlier batches do not count), else a steal.
   pub(crate) fn gather(
     &mut self,
     model: usize,
@@ -362,10 +361,11 @@ impl WorkerThread {
       }
     }
     pop_into(&self.models[model].deque, &mut candidates, window);
-    let held: usize = candidates.iter().map(Queued::len).sum();
-    if candidates.len() < cap && held < budget {
+    let counted = candidates.iter().filter(|q| !bulk_first || q.request.priority == Priority::Bulk);
+    let (count, held) = counted.fold((0, 0), |(n, t), q| (n + 1, t + q.len()));
+    if count < cap && held < budget {
       let own = &mut self.models[model];
-      queues.refill(&own.deque, &mut own.cursor, cap - candidates.len(), budget - held);
+      queues.refill(&own.deque, &mut own.cursor, cap - count, budget - held);
       pop_into(&self.models[model].deque, &mut candidates, window);
     }
     if candidates.is_empty() {
