@@ -6,7 +6,8 @@
 //! * (c) one central FIFO queue, batches of up to the batch size;
 //! * (d) inferpool.
 //!
-//! Cost of a batch = `per_batch + per_token × padded tokens`, times the worker's slowdown.
+//! Cost of a batch = `per_batch + per_token × padded tokens`, times the worker's slowdown, with
+//! a CPU-like or a GPU-like pair of constants.
 //! Lower bound of a scenario = total token work ÷ total speed (no batch overhead, no padding),
 //! plus the largest single item on the fastest worker; for bursts, the work left after the last
 //! arrival bounds it too.
@@ -34,8 +35,18 @@ use inferpool_core::{
   sim::{SimBackend, SimTokenizer},
 };
 
-const PER_BATCH: Duration = Duration::from_micros(500);
-const PER_TOKEN: Duration = Duration::from_micros(20);
+/// A batch's cost on a CPU-like device: `per_batch + per_token × padded tokens`.
+const CPU: Cost =
+  Cost { per_batch: Duration::from_micros(500), per_token: Duration::from_micros(20) };
+/// On a GPU-like device a batch's fixed cost is worth thousands of tokens.
+const GPU: Cost =
+  Cost { per_batch: Duration::from_millis(2), per_token: Duration::from_nanos(400) };
+
+#[derive(Clone, Copy)]
+struct Cost {
+  per_batch: Duration,
+  per_token: Duration,
+}
 
 /// One request: when it arrives (offset from the start), its item lengths in tokens, and
 /// whether it is interactive (the baselines have no priorities and ignore it).
@@ -51,6 +62,7 @@ struct Scenario {
   requests: Vec<Request>,
   slowdowns: Vec<f64>,
   batch: usize,
+  cost: Cost,
 }
 
 impl Scenario {
@@ -59,7 +71,7 @@ impl Scenario {
   }
 
   fn lower_bound(&self) -> Duration {
-    let token_time = |n: usize| PER_TOKEN.as_secs_f64() * n as f64;
+    let token_time = |n: usize| self.cost.per_token.as_secs_f64() * n as f64;
     let total: usize = self.requests.iter().flat_map(|r| &r.lengths).sum();
     let fastest = self.slowdowns.iter().copied().fold(f64::INFINITY, f64::min);
     let largest = self.requests.iter().flat_map(|r| &r.lengths).copied().max().unwrap_or(0);
@@ -85,11 +97,11 @@ struct Outcome {
   completed: usize,
 }
 
-fn backend(slowdown: f64) -> SimBackend {
+fn backend(cost: Cost, slowdown: f64) -> SimBackend {
   SimBackend {
     dimension: 4,
-    per_batch: PER_BATCH,
-    per_token: PER_TOKEN,
+    per_batch: cost.per_batch,
+    per_token: cost.per_token,
     slowdown,
     ..SimBackend::default()
   }
@@ -224,7 +236,7 @@ fn spawn_baseline_workers(
   (0..scenario.slowdowns.len())
     .map(|w| {
       let (queue, tally) = (queue_of(w), Arc::clone(tally));
-      let mut backend = backend(scenario.slowdowns[w]);
+      let mut backend = backend(scenario.cost, scenario.slowdowns[w]);
       let batch = scenario.batch;
       thread::spawn(move || {
         while let Some(items) = queue.next_batch(batch, full) {
@@ -315,7 +327,7 @@ fn inferpool(scenario: &Scenario) -> Outcome {
 
 /// The real pool, its configuration changed by `adjust` (the ablations).
 fn inferpool_with(scenario: &Scenario, adjust: impl Fn(&mut PoolConfig)) -> Outcome {
-  let slowdowns = scenario.slowdowns.clone();
+  let (slowdowns, cost) = (scenario.slowdowns.clone(), scenario.cost);
   let mut config = PoolConfig {
     workers: slowdowns.len(),
     policy: BatchPolicy {
@@ -329,7 +341,7 @@ fn inferpool_with(scenario: &Scenario, adjust: impl Fn(&mut PoolConfig)) -> Outc
   let pool = Pool::new(
     &config,
     Arc::new(SimTokenizer),
-    Box::new(move |i| Ok(Box::new(backend(slowdowns[i])))),
+    Box::new(move |i| Ok(Box::new(backend(cost, slowdowns[i])))),
   )
   .expect("the simulated pool starts");
   let (tx, rx) = mpsc::channel::<(usize, Instant)>();
@@ -374,7 +386,7 @@ fn inferpool_with(scenario: &Scenario, adjust: impl Fn(&mut PoolConfig)) -> Outc
       "debug: batches {} busy {:.1} ms real work {:.1} ms",
       stats.batches(),
       busy * 1e3,
-      PER_TOKEN.as_secs_f64() * real as f64 * 1e3
+      scenario.cost.per_token.as_secs_f64() * real as f64 * 1e3
     );
     for w in &stats.workers {
       eprintln!(
@@ -452,42 +464,56 @@ fn scenarios() -> Vec<Scenario> {
       requests: at_once(&uniform(1070), 10),
       slowdowns: vec![1.0; 16],
       batch: 160,
+      cost: CPU,
     },
     Scenario {
       name: "4,288 items / 16 workers",
       requests: at_once(&uniform(4288), 16),
       slowdowns: vec![1.0; 16],
       batch: 160,
+      cost: CPU,
     },
     Scenario {
       name: "2 fast + 14 slow (3x)",
       requests: at_once(&uniform(4288), 16),
       slowdowns: two_fast,
       batch: 160,
+      cost: CPU,
     },
     Scenario {
       name: "one worker 3x slower",
       requests: at_once(&uniform(4288), 16),
       slowdowns: slow_one,
       batch: 160,
+      cost: CPU,
     },
     Scenario {
       name: "bursts of small requests",
       requests: bursts,
       slowdowns: vec![1.0; 16],
       batch: 160,
+      cost: CPU,
     },
     Scenario {
       name: "interactive flood over bulk",
       requests: flood,
       slowdowns: vec![1.0; 16],
       batch: 160,
+      cost: CPU,
     },
     Scenario {
       name: "mixed lengths 10-256",
       requests: at_once(&lengths(4288, 10, 256, 3), 16),
       slowdowns: vec![1.0; 16],
       batch: 160,
+      cost: CPU,
+    },
+    Scenario {
+      name: "mixed lengths 10-256, GPU-like cost, 4 workers",
+      requests: at_once(&lengths(16384, 10, 256, 5), 64),
+      slowdowns: vec![1.0; 4],
+      batch: 256,
+      cost: GPU,
     },
   ]
 }
@@ -563,7 +589,7 @@ fn main() {
 type Ablation = (&'static str, fn(&mut PoolConfig));
 
 /// The pool with each heuristic switched off in turn, every scenario run `SIM_REPEAT` times
-/// (default 3); the medians are printed.
+/// (default 5); the medians are printed, and the worst makespan.
 fn ablations(only: Option<&str>) {
   let variants: [Ablation; 6] = [
     ("all heuristics on", |_| {}),
@@ -574,12 +600,14 @@ fn ablations(only: Option<&str>) {
     ("no fairness tick", |c| c.policy.fairness_interval = 0),
   ];
   let repeat: usize =
-    std::env::var("SIM_REPEAT").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
+    std::env::var("SIM_REPEAT").ok().and_then(|r| r.parse().ok()).unwrap_or(5).max(1);
   println!();
   println!("Ablations (median of {repeat} runs):");
   println!();
-  println!("| scenario | variant | ÷ lower bound | p50 ms | p99 ms | bulk p99 ms |");
-  println!("|---|---|---:|---:|---:|---:|");
+  println!(
+    "| scenario | variant | ÷ lower bound | worst ÷ lower bound | p50 ms | p99 ms | bulk p99 ms |"
+  );
+  println!("|---|---|---:|---:|---:|---:|---:|");
   for scenario in scenarios() {
     if only.is_some_and(|o| !scenario.name.contains(o)) {
       continue;
@@ -605,11 +633,15 @@ fn ablations(only: Option<&str>) {
           ]
         })
         .collect();
+      let worst = runs.iter().map(|r| r[0]).fold(0.0, f64::max);
       let [ratio, p50, p99, bulk_p99] = [0, 1, 2, 3].map(|k| {
         runs.sort_by(|a, b| a[k].total_cmp(&b[k]));
         runs[runs.len() / 2][k]
       });
-      println!("| {} | {name} | {ratio:.3} | {p50:.1} | {p99:.1} | {bulk_p99:.1} |", scenario.name);
+      println!(
+        "| {} | {name} | {ratio:.3} | {worst:.3} | {p50:.1} | {p99:.1} | {bulk_p99:.1} |",
+        scenario.name
+      );
     }
   }
 }

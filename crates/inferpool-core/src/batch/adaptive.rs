@@ -17,7 +17,8 @@ use std::time::Duration;
 /// Settings of the adaptive budget.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdaptiveConfig {
-  /// Whether the budget moves at all; when off it stays at `max_batch_tokens`.
+  /// Whether the budget moves at all; when off it stays at `max_batch_tokens` (the cost fit
+  /// goes on either way).
   pub enabled: bool,
   /// The budget never goes below this.
   pub min_tokens: usize,
@@ -81,7 +82,7 @@ impl Controller {
   /// The fitted batch cost, once enough batches of different sizes were seen.
   pub(crate) fn cost_model(&self) -> Option<crate::batch::CostModel> {
     let [w, sx, sy, sxx, sxy] = self.fit;
-    if !self.config.enabled || w < 1.8 {
+    if w < 1.8 {
       return None;
     }
     let (mx, my) = (sx / w, sy / w);
@@ -97,12 +98,12 @@ impl Controller {
   /// Reports a successful batch of `tokens` padded tokens that took `elapsed`.
   #[expect(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
   pub(crate) fn observe(&mut self, tokens: usize, elapsed: Duration, budget_bound: bool) {
-    if !self.config.enabled {
-      return;
-    }
     let (x, y) = (tokens as f64, elapsed.as_secs_f64());
     for (sum, add) in self.fit.iter_mut().zip([1.0, x, y, x * x, x * y]) {
       *sum = *sum * FIT_DECAY + add;
+    }
+    if !self.config.enabled {
+      return;
     }
     if elapsed > self.config.target_latency {
       self.growing = false;

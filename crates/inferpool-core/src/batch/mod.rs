@@ -53,8 +53,9 @@ pub struct BatchPolicy {
   pub pad_within_batch_cost: bool,
   /// How a free worker sizes its part of a model's queue.
   pub share: ShareRule,
-  /// A worker whose speed on a model is not measured yet runs batches this many times smaller
-  /// than its share (1: no smaller first batch).
+  /// A worker whose speed on a model is not measured yet takes batches this many times smaller
+  /// than its share (1: no smaller first batch), so a slow device is not handed a large part
+  /// of the queue before its speed is known.
   pub first_batch_divisor: usize,
   /// Bulk goes first on every `fairness_interval`-th batch of a worker, even when interactive
   /// work waits (tokio's `global_queue_interval` idea); 0 never lets bulk go first.

@@ -275,8 +275,7 @@ impl WorkerThread {
     let controller = &self.models[model].controller;
     let mut budget = controller.budget().min(share);
     if self.shared().models[model].token_speed.load(Ordering::Relaxed) == 0 {
-      // Speed not measured yet: a first, smaller batch measures it without handing a slow
-      // device a large part of the queue.
+      // Speed not measured yet: a smaller first batch measures it.
       budget = budget.div_ceil(policy.first_batch_divisor.max(1));
     }
     let adaptive_bound = budget >= controller.budget();
