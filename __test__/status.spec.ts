@@ -36,6 +36,7 @@ const worker = (id: number, fields: Partial<BindingWorkerStatus>): BindingWorker
   batches: 0,
   errors: 0,
   steals: 0,
+  spreadBatches: 0,
   loads: 0,
   switches: 0,
   evictions: 0,

@@ -1,3 +1,5 @@
+import { availableParallelism } from 'node:os'
+
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { Pool } from '../src/index.js'
@@ -33,7 +35,7 @@ describe('a generated BERT-shaped model', () => {
   let reference: Reference
 
   beforeAll(async () => {
-    pool = await Pool.create({ model: TINY_BERT, cpuWorkers: 2, maxBatchSize: 8 })
+    pool = await Pool.create({ model: TINY_BERT, cpuWorkers: 2, intraOpThreads: 1, maxBatchSize: 8 })
     reference = await createReference(
       pool.modelPath.endsWith('.onnx') ? pool.modelPath : `${TINY_BERT}/onnx/model.onnx`,
       MAX_LENGTH,
@@ -42,6 +44,18 @@ describe('a generated BERT-shaped model', () => {
   afterAll(async () => {
     await pool?.close()
     await reference?.release()
+  })
+
+  it("runs a lone text over the idle workers' cores, with the same result", async () => {
+    const spread = () => pool.status().workers.reduce((sum, w) => sum + w.spreadBatches, 0)
+    const before = spread()
+    for (const text of TEXTS.slice(2, 10)) {
+      const [embedding] = await pool.embed([text])
+      expect(cosine(embedding, await reference.embed(text)), text).toBeGreaterThan(0.9999)
+    }
+    // Two workers of one thread each: a lone session has both threads (with one core there is
+    // nothing to spread over).
+    if (availableParallelism() >= 2) expect(spread() - before).toBeGreaterThan(0)
   })
 
   it('reports its dimension and maximum length', () => {

@@ -336,6 +336,8 @@ export interface BindingWorkerStatus {
   errors: number
   /** Batches stolen from other workers. */
   steals: number
+  /** Batches that started while every other worker was idle and ran over their cores too. */
+  spreadBatches: number
   /** Models loaded. */
   loads: number
   /** Loads that evicted another model. */

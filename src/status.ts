@@ -46,6 +46,7 @@ export function toStatus(snapshot: Snapshot, context: StatusContext, now = perfo
     batches: w.batches,
     errors: w.errors,
     steals: w.steals,
+    spreadBatches: w.spreadBatches,
     meanBatchSize: w.batches > 0 ? w.items / w.batches : 0,
     tokenBudget: w.tokenBudget,
     busyMs: w.busyMs,
@@ -139,6 +140,12 @@ export function toMetrics(snapshot: Snapshot, context: StatusContext, now = perf
       help: 'Batches of queued texts stolen from other workers.',
       type: 'counter',
       samples: perWorker((w) => w.steals),
+    },
+    {
+      name: 'inferpool_spread_batches_total',
+      help: 'Batches that started while every other worker was idle and ran over their cores too.',
+      type: 'counter',
+      samples: perWorker((w) => w.spreadBatches),
     },
     {
       name: 'inferpool_switches_total',

@@ -103,6 +103,11 @@ export interface WorkerStatus {
   errors: number
   /** Batches it stole from other workers. */
   steals: number
+  /**
+   * Batches that started while every other worker was idle and ran on the model's lone CPU
+   * session, over the cores the others left free.
+   */
+  spreadBatches: number
   /** Mean texts per batch. */
   meanBatchSize: number
   /** Its current adaptive budget, padded tokens per batch. */

@@ -40,6 +40,14 @@ pub trait Backend: Send + 'static {
   /// Runs one batch. On success `out` (of length `batch.len() * dimension()`) holds one row per
   /// item, in batch order.
   fn run(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<(), BackendError>;
+
+  /// Runs one batch, as [`Backend::run`], that started while every other worker of the pool
+  /// was idle: a backend may spread it over the cores the others leave free. Returns whether it
+  /// did (its time then says nothing of the worker's speed under load). The default runs it as
+  /// any other.
+  fn run_alone(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<bool, BackendError> {
+    self.run(batch, out).map(|()| false)
+  }
 }
 
 /// Builds the backend of worker `index` on that worker's own thread (so that thread-affine

@@ -50,6 +50,9 @@ pub struct SimBackend {
   pub memory_tokens: Option<usize>,
   /// Seed of the failure draws.
   pub seed: u64,
+  /// [`Backend::run_alone`] reports the batch spread over idle workers' cores (it runs in the
+  /// same time: only the report differs).
+  pub spreads: bool,
 }
 
 impl Default for SimBackend {
@@ -62,6 +65,7 @@ impl Default for SimBackend {
       flaky: 0.0,
       memory_tokens: None,
       seed: 1,
+      spreads: false,
     }
   }
 }
@@ -138,5 +142,9 @@ impl Backend for SimBackend {
       write_row(item, row);
     }
     Ok(())
+  }
+
+  fn run_alone(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<bool, BackendError> {
+    self.run(batch, out).map(|()| self.spreads)
   }
 }

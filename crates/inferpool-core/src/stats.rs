@@ -67,6 +67,9 @@ pub struct WorkerStats {
   pub errors: u64,
   /// Successful steals from other workers.
   pub steals: u64,
+  /// Batches that started while every other worker was idle and that the backend spread over
+  /// their cores ([`crate::Backend::run_alone`]).
+  pub spread_batches: u64,
   /// Current adaptive token budget (of the model it ran last).
   pub token_budget: usize,
   /// Time spent running batches.
@@ -185,6 +188,7 @@ impl Registry {
         batches: w.batches.load(Ordering::Relaxed),
         errors: w.errors.load(Ordering::Relaxed),
         steals: w.steals.load(Ordering::Relaxed),
+        spread_batches: w.spread_batches.load(Ordering::Relaxed),
         token_budget: w.token_budget.load(Ordering::Relaxed),
         busy: Duration::from_nanos(w.busy_nanos.load(Ordering::Relaxed)),
         items_per_second: f64::from_bits(w.speed.load(Ordering::Relaxed)),

@@ -36,6 +36,8 @@ pub struct BindingWorkerStatus {
   pub errors: f64,
   /// Batches stolen from other workers.
   pub steals: f64,
+  /// Batches that started while every other worker was idle and ran over their cores too.
+  pub spread_batches: f64,
   /// Models loaded.
   pub loads: f64,
   /// Loads that evicted another model.
@@ -155,6 +157,7 @@ impl BindingWorkerStatus {
       batches: number(w.batches),
       errors: number(w.errors),
       steals: number(w.steals),
+      spread_batches: number(w.spread_batches),
       loads: number(w.loads),
       switches: number(w.switches),
       evictions: number(w.evictions),

@@ -95,14 +95,23 @@ struct Prepared {
   max_length: usize,
 }
 
-/// Resolves `spec`'s files and loads its tokenizer.
-fn prepare(spec: ModelSpec, intra_threads: usize) -> Result<Prepared, BackendError> {
+/// Resolves `spec`'s files and loads its tokenizer. `threads`: intra-op threads of each worker's
+/// session and of the model's lone session.
+fn prepare(
+  spec: ModelSpec,
+  (intra_threads, lone_threads): (usize, usize),
+) -> Result<Prepared, BackendError> {
   let files = ModelFiles::resolve(&spec.path)?;
   let model = EmbeddingModel::load(files, spec.max_length)?;
   let memory = spec.memory_bytes.unwrap_or_else(|| model.files.weight_bytes());
   let session = SessionSpec {
     onnx: model.files.onnx.clone(),
-    options: SessionOptions { intra_threads, pooling: spec.pooling, normalize: spec.normalize },
+    options: SessionOptions {
+      intra_threads,
+      lone_threads,
+      pooling: spec.pooling,
+      normalize: spec.normalize,
+    },
   };
   let max_length = model.max_length;
   let config = ModelConfig {
@@ -122,8 +131,12 @@ pub fn build_pool(spec: PoolSpec, events: Option<EventSink>) -> Result<BuiltPool
   let mut configs = Vec::with_capacity(spec.models.len());
   let mut sessions = Vec::with_capacity(spec.models.len());
   let mut max_lengths = Vec::with_capacity(spec.models.len());
+  // A lone batch may use every thread the CPU workers have together, up to the cores there are.
+  let cpu_workers = spec.devices.iter().filter(|d| **d == Device::Cpu).count();
+  let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+  let lone_threads = (cpu_workers * spec.intra_op_threads).min(cores);
   for model in spec.models {
-    let prepared = prepare(model, spec.intra_op_threads)?;
+    let prepared = prepare(model, (spec.intra_op_threads, lone_threads))?;
     configs.push(prepared.config);
     sessions.push(prepared.session);
     max_lengths.push(prepared.max_length);

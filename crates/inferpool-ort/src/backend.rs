@@ -62,6 +62,10 @@ impl std::fmt::Display for Device {
 pub struct SessionOptions {
   /// ONNX Runtime intra-op threads per session.
   pub intra_threads: usize,
+  /// Threads of the model's lone session on the CPU, shared by the pool's CPU workers: a batch
+  /// that starts while every other worker is idle runs there, over the cores the others leave
+  /// free ([`Backend::run_alone`]). At most `intra_threads`: no lone session.
+  pub lone_threads: usize,
   /// Token states → one vector.
   pub pooling: Pooling,
   /// Scale every result to unit length.
@@ -71,6 +75,8 @@ pub struct SessionOptions {
 /// A session on one device, ready to run batches.
 pub struct OrtBackend {
   session: Session,
+  /// The model's lone session, for CPU workers of a pool with cores to spare.
+  pub(crate) lone: Option<crate::lone::Lone>,
   device: Device,
   feeds_token_type_ids: bool,
   output: String,
@@ -130,17 +136,32 @@ impl OrtBackend {
     device: Device,
     options: SessionOptions,
   ) -> Result<Self, BackendError> {
+    let threads = options.intra_threads;
+    Self::build(onnx, device, options, threads, false)
+  }
+
+  /// Creates a session of `threads` intra-op threads. With `spin`, its threads spin while a run
+  /// goes on (no sleep between two operators) and stop as soon as it returns: idle, they sleep.
+  pub(crate) fn build(
+    onnx: &std::path::Path,
+    device: Device,
+    options: SessionOptions,
+    threads: usize,
+    spin: bool,
+  ) -> Result<Self, BackendError> {
     let env = environment()?;
     let builder_error = |e: ort::Error<_>| model_error(format!("cannot configure a session: {e}"));
     let mut builder = Session::builder(env)
       .map_err(|e| model_error(format!("cannot create a session builder: {e}")))?
       .with_optimization_level(GraphOptimizationLevel::All)
       .map_err(builder_error)?
-      .with_intra_threads(options.intra_threads.max(1))
+      .with_intra_threads(threads.max(1))
       .map_err(builder_error)?
       .with_inter_threads(1)
       .map_err(builder_error)?
-      .with_intra_op_spinning(false)
+      .with_intra_op_spinning(spin)
+      .map_err(builder_error)?
+      .with_config_entry("session.force_spinning_stop", if spin { "1" } else { "0" })
       .map_err(builder_error)?
       .with_inter_op_spinning(false)
       .map_err(builder_error)?;
@@ -203,8 +224,15 @@ impl OrtBackend {
     let declared_hidden =
       output.dtype().tensor_shape().and_then(|s| usize::try_from(s[2]).ok()).filter(|&h| h > 0);
 
-    let mut backend =
-      Self { session, device, feeds_token_type_ids, output: output_name, hidden: 0, options };
+    let mut backend = Self {
+      session,
+      lone: None,
+      device,
+      feeds_token_type_ids,
+      output: output_name,
+      hidden: 0,
+      options,
+    };
     backend.hidden = if let Some(h) = declared_hidden {
       h
     } else {
@@ -275,6 +303,13 @@ impl Backend for OrtBackend {
     self.hidden
   }
 
+  fn run_alone(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<bool, BackendError> {
+    if let Some(mut lone) = self.lone.as_ref().and_then(crate::lone::Lone::try_take) {
+      return lone.run(batch, out).map(|()| true);
+    }
+    self.run(batch, out).map(|()| false)
+  }
+
   fn run(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<(), BackendError> {
     let (states, hidden, seq) = self.forward(batch)?;
     if hidden != self.hidden {
@@ -317,6 +352,7 @@ pub fn model_factory(
   devices: Vec<Device>,
   fallbacks: Option<Fallbacks>,
 ) -> ModelFactory {
+  let lone = crate::lone::LoneSessions::new(models.len());
   Box::new(move |worker, model| {
     let spec = models.get(model).ok_or_else(|| model_error(format!("no model {model}")))?;
     let mut device = devices.get(worker).copied().unwrap_or(Device::Cpu);
@@ -336,7 +372,11 @@ pub fn model_factory(
       }
       (built, _) => built,
     };
-    built.map(|b| Box::new(b) as Box<dyn Backend>)
+    let mut backend = built?;
+    if backend.device == Device::Cpu {
+      backend.lone = lone.attach(model, spec);
+    }
+    Ok(Box::new(backend) as Box<dyn Backend>)
   })
 }
 

@@ -6,6 +6,7 @@
 //!   decides the maximum sequence length.
 //! * [`backend`]: one ONNX Runtime session per worker, pooling and normalisation; implements the
 //!   core's [`inferpool_core::Backend`].
+//! * `lone`: the model's lone session, which a batch runs on when the rest of the pool is idle.
 //! * [`pooling`]: mean / CLS pooling and L2 normalisation, free of ONNX Runtime.
 //! * `tokenization`: a call's texts to token ids, long texts by prefixes (the work bounded by
 //!   the maximum length).
@@ -15,6 +16,7 @@
 
 mod assembly;
 pub mod backend;
+mod lone;
 pub mod model;
 pub mod pooling;
 pub mod runtime;

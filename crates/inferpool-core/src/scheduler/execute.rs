@@ -38,7 +38,7 @@ impl WorkerThread {
         .queue_wait
         .record_duration(started.saturating_duration_since(item.admitted_at));
     }
-    let result = self.execute(model, &batch);
+    let (result, spread) = self.execute(model, &batch);
     let elapsed = started.elapsed();
     let finished = Instant::now();
     let per_model = &shared.models[model];
@@ -54,8 +54,13 @@ impl WorkerThread {
     shared_model.in_flight_tokens.fetch_sub(real, Ordering::Relaxed);
     match result {
       Ok(()) => {
-        self.models[model].controller.observe(padded, elapsed, budget_bound);
-        self.record_speed(model, count, padded, elapsed);
+        if spread {
+          // Run with more threads than the worker has under load: not its speed.
+          shared.spread_batches.fetch_add(1, Ordering::Relaxed);
+        } else {
+          self.models[model].controller.observe(padded, elapsed, budget_bound);
+          self.record_speed(model, count, padded, elapsed);
+        }
         self.complete(model, batch, finished);
       }
       Err(error) => {
@@ -67,20 +72,39 @@ impl WorkerThread {
   }
 
   /// Runs `batch` on this worker's backend of `model` (a panic becomes an error); on success
-  /// its rows are in `self.out`.
-  pub(crate) fn execute(&mut self, model: usize, batch: &[Queued]) -> Result<(), BackendError> {
+  /// its rows are in `self.out`. The flag tells whether the backend spread it over the cores of
+  /// the other workers, which were all idle when it started ([`crate::Backend::run_alone`]).
+  pub(crate) fn execute(
+    &mut self,
+    model: usize,
+    batch: &[Queued],
+  ) -> (Result<(), BackendError>, bool) {
+    let workers = &self.registry.workers;
+    let alone = workers.len() > 1
+      && workers.iter().enumerate().all(|(index, worker)| {
+        index == self.index || !matches!(worker.state(), WorkerState::Busy | WorkerState::Loading)
+      });
     let slot = self.models[model].slot.as_mut().expect("a batch runs on a loaded model");
     let dimension = slot.backend.dimension();
     self.out.clear();
     self.out.resize(batch.len() * dimension, 0.0);
     let inputs: Vec<&crate::TokenizedText> = batch.iter().map(|q| &q.input).collect();
     let (backend, out) = (&mut slot.backend, &mut self.out);
-    let result =
-      catch_unwind(AssertUnwindSafe(|| backend.run(&inputs, out))).unwrap_or_else(|panic| {
-        Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic)))
-      });
+    let run = || {
+      if alone {
+        backend.run_alone(&inputs, out)
+      } else {
+        backend.run(&inputs, out).map(|()| false)
+      }
+    };
+    let result = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
+      Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic)))
+    });
     slot.last_used = Instant::now();
-    result
+    match result {
+      Ok(spread) => (Ok(()), spread),
+      Err(error) => (Err(error), false),
+    }
   }
 
   /// Hands the rows in `self.out` of a successful run of `batch` to their requests.
@@ -190,7 +214,7 @@ impl WorkerThread {
         culprits.extend(part.into_iter().map(|item| (item, error.clone())));
         continue;
       }
-      match self.execute(model, &part) {
+      match self.execute(model, &part).0 {
         Ok(()) => {
           succeeded = true;
           self.complete(model, part, Instant::now());

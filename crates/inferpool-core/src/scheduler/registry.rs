@@ -48,6 +48,8 @@ pub(crate) struct WorkerShared {
   pub(crate) batches: AtomicU64,
   pub(crate) errors: AtomicU64,
   pub(crate) steals: AtomicU64,
+  /// Batches the backend spread over idle workers' cores ([`crate::Backend::run_alone`]).
+  pub(crate) spread_batches: AtomicU64,
   pub(crate) token_budget: AtomicUsize,
   pub(crate) busy_nanos: AtomicU64,
   /// Items per second, as `f64` bits (0 = not measured yet).

@@ -1,0 +1,44 @@
+//! A batch that starts while every other worker is idle may be spread over their cores
+//! (`Backend::run_alone`); under load every worker runs its own batches.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config, embed, expected, pool_with, sim, wait_until};
+use inferpool_core::{WorkerState, sim::SimBackend};
+
+#[test]
+fn a_lone_call_is_spread_and_a_busy_pool_runs_its_own_batches() {
+  let backend = SimBackend { spreads: true, per_batch: Duration::from_millis(1), ..sim() };
+  let pool = pool_with(&config(2, 8), backend);
+  let idle = || pool.stats().workers.iter().all(|w| w.state == WorkerState::Idle);
+  // One text at a time, each once the pool is idle again: every batch runs alone.
+  for i in 0..5 {
+    wait_until("every worker is idle", idle);
+    let texts = vec![format!("lone text {i}")];
+    assert_eq!(embed(&pool, &texts).unwrap(), expected(&texts));
+  }
+  let stats = pool.stats();
+  let spread: u64 = stats.workers.iter().map(|w| w.spread_batches).sum();
+  assert_eq!((spread, stats.batches()), (5, 5));
+  // A job that keeps both workers busy: at most the first batch (before the second worker
+  // starts) and the last (after the other ran out) find the other idle.
+  let texts: Vec<String> = (0..800).map(|i| format!("bulk text {i}")).collect();
+  assert_eq!(embed(&pool, &texts).unwrap(), expected(&texts));
+  let stats = pool.stats();
+  let spread: u64 = stats.workers.iter().map(|w| w.spread_batches).sum::<u64>() - 5;
+  let batches = stats.batches() - 5;
+  assert!(batches >= 100, "{batches} batches");
+  assert!(spread <= 4, "{spread} of {batches} batches of a busy pool were spread");
+  // Spread batches do not count as the worker's speed; the others do.
+  assert!(stats.workers.iter().all(|w| w.items_per_second > 0.0));
+}
+
+#[test]
+fn one_worker_never_spreads() {
+  let pool = pool_with(&config(1, 8), SimBackend { spreads: true, ..sim() });
+  let texts = vec!["alone".to_owned()];
+  assert_eq!(embed(&pool, &texts).unwrap(), expected(&texts));
+  assert_eq!(pool.stats().workers[0].spread_batches, 0);
+}
