@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { Pool, PoolError } from '../src/index.js'
+import { until } from './helpers.js'
 
 // The default model on one worker thread with batches of 1: a backlog of a few hundred texts
 // keeps it busy long enough to see queueing, priorities, aborts and timeouts.
-const tick = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 const backlog = (n: number, tag: string) =>
   Array.from({ length: n }, (_, i) => `${tag} ${i}: a sentence long enough to take a moment to embed.`)
@@ -33,7 +33,7 @@ describe('per-call options', () => {
 
   it('aborts a queued call and the backlog still completes', async () => {
     const bulk = pool.embed(backlog(200, 'bulk'))
-    await tick(60) // the backlog is queued first
+    await until('the backlog is queued', () => pool.status().outstanding > 0)
     const controller = new AbortController()
     const started = performance.now()
     // Texts of the backlog's own length queue behind it (bulk items of one length leave in order).
@@ -46,7 +46,7 @@ describe('per-call options', () => {
 
   it('times out a call stuck behind a backlog', async () => {
     const bulk = pool.embed(backlog(200, 'bulk'))
-    await tick(60) // the backlog is queued first
+    await until('the backlog is queued', () => pool.status().outstanding > 0)
     const started = performance.now()
     const late = pool.embed(backlog(1, 'bulk'), { timeoutMs: 30 })
     expect(await code(late)).toBe('TIMEOUT')
@@ -60,7 +60,7 @@ describe('per-call options', () => {
       bulkDone = true
       return r
     })
-    await tick(60) // the backlog is queued first
+    await until('the backlog is queued', () => pool.status().outstanding > 0)
     const [v] = await pool.embed(['urgent question'], { priority: 'interactive' })
     expect(v).toHaveLength(pool.dimension)
     expect(bulkDone).toBe(false)
@@ -69,7 +69,7 @@ describe('per-call options', () => {
 
   it('rejects a call that would exceed maxQueuedItems at once', async () => {
     const bulk = pool.embed(backlog(900, 'bulk'))
-    await tick(60) // the backlog is queued first
+    await until('the backlog is queued', () => pool.status().outstanding > 0)
     expect(await code(pool.embed(backlog(200, 'extra')))).toBe('OVERLOADED')
     // The pool is still usable and the backlog completes.
     expect(await bulk).toHaveLength(900)
@@ -109,7 +109,7 @@ describe("whenFull: 'wait'", () => {
   it('times out and aborts calls while they wait for room', async () => {
     // Long texts: the backlog takes a while, and room comes back only when it finishes.
     const full = pool.embed(backlog(40, 'full').map((t) => t.repeat(4)))
-    await tick(30)
+    await until('the backlog fills the queue', () => pool.status().outstanding >= 30)
     const late = pool.embed(['waits'], { timeoutMs: 40 })
     const controller = new AbortController()
     const leaving = pool.embed(['leaves'], { signal: controller.signal })
@@ -122,7 +122,7 @@ describe("whenFull: 'wait'", () => {
   it('a draining close lets waiting calls finish', async () => {
     const other = await Pool.create({ cpuWorkers: 1, maxBatchSize: 4, maxQueuedItems: 10, whenFull: 'wait' })
     const calls = Array.from({ length: 5 }, (_, c) => other.embed(backlog(8, `drain ${c}`)))
-    await tick(10)
+    await until('calls wait for room', () => other.status().waiting > 0)
     await other.close({ drain: true })
     for (const result of await Promise.all(calls)) expect(result).toHaveLength(8)
   })
@@ -130,7 +130,7 @@ describe("whenFull: 'wait'", () => {
   it('a cancelling close rejects waiting calls with POOL_CLOSED', async () => {
     const other = await Pool.create({ cpuWorkers: 1, maxBatchSize: 4, maxQueuedItems: 10, whenFull: 'wait' })
     const first = code(other.embed(backlog(10, 'first')))
-    await tick(10)
+    await until('the first call is accepted', () => other.status().outstanding > 0)
     const waiting = code(other.embed(backlog(5, 'waiting')))
     await other.close({ drain: false })
     expect(await waiting).toBe('POOL_CLOSED')
