@@ -9,6 +9,17 @@ import { until } from './helpers.js'
 const backlog = (n: number, tag: string) =>
   Array.from({ length: n }, (_, i) => `${tag} ${i}: a sentence long enough to take a moment to embed.`)
 
+/**
+ * Starts embedding `texts` and resolves (with the call's promise) once the first of them has run:
+ * all of them are queued by then (a call's texts are admitted together), ahead of later calls.
+ */
+async function running(pool: Pool, texts: string[]): Promise<{ done: Promise<Float32Array[]> }> {
+  const before = pool.status().items
+  const done = pool.embed(texts)
+  await until('the first text has run', () => pool.status().items > before)
+  return { done }
+}
+
 async function code(promise: Promise<unknown>): Promise<string> {
   return promise.then(
     () => 'resolved',
@@ -32,8 +43,7 @@ describe('per-call options', () => {
   })
 
   it('aborts a queued call and the backlog still completes', async () => {
-    const bulk = pool.embed(backlog(200, 'bulk'))
-    await until('the backlog is queued', () => pool.status().outstanding > 0)
+    const { done: bulk } = await running(pool, backlog(200, 'bulk'))
     const controller = new AbortController()
     const started = performance.now()
     // Texts of the backlog's own length queue behind it (bulk items of one length leave in order).
@@ -45,8 +55,7 @@ describe('per-call options', () => {
   })
 
   it('times out a call stuck behind a backlog', async () => {
-    const bulk = pool.embed(backlog(200, 'bulk'))
-    await until('the backlog is queued', () => pool.status().outstanding > 0)
+    const { done: bulk } = await running(pool, backlog(200, 'bulk'))
     const started = performance.now()
     const late = pool.embed(backlog(1, 'bulk'), { timeoutMs: 30 })
     expect(await code(late)).toBe('TIMEOUT')
@@ -56,11 +65,11 @@ describe('per-call options', () => {
 
   it('serves interactive calls before a bulk backlog', async () => {
     let bulkDone = false
-    const bulk = pool.embed(backlog(300, 'bulk')).then((r) => {
+    const { done } = await running(pool, backlog(300, 'bulk'))
+    const bulk = done.then((r) => {
       bulkDone = true
       return r
     })
-    await until('the backlog is queued', () => pool.status().outstanding > 0)
     const [v] = await pool.embed(['urgent question'], { priority: 'interactive' })
     expect(v).toHaveLength(pool.dimension)
     expect(bulkDone).toBe(false)
