@@ -4,8 +4,9 @@ import { dirname, join } from 'node:path'
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
-import { Pool, PoolError, type PoolErrorCode, bundledLibraryPath } from '../src/index.js'
+import { Pool, PoolError, type PoolErrorCode, resolveLibraryPath } from '../src/index.js'
 import { writeTinyBert } from './fixtures/tiny-bert.js'
+import { PLATFORM_PACKAGES, missingBinding, platformKey } from '../src/native.js'
 import { TINY_BERT } from './helpers.js'
 
 async function rejectsWith(promise: Promise<unknown>, code: PoolErrorCode, message?: RegExp): Promise<PoolError> {
@@ -90,7 +91,7 @@ describe('bad pool options', () => {
   })
 
   it('reports a CUDA device that cannot work', async () => {
-    const providers = join(dirname(bundledLibraryPath()), 'libonnxruntime_providers_cuda.so')
+    const providers = join(dirname(resolveLibraryPath()), 'libonnxruntime_providers_cuda.so')
     if (existsSync(providers)) {
       // This machine has the CUDA provider: the failure case cannot be produced here with cuda:0.
       await rejectsWith(Pool.create({ model: TINY_BERT, devices: ['cuda:999'] }), 'DEVICE_UNAVAILABLE')
@@ -150,5 +151,26 @@ describe('copying a model folder', () => {
     } finally {
       await pool.close()
     }
+  })
+})
+
+describe('a native addon that cannot be loaded', () => {
+  it('is NATIVE_BINDING_MISSING naming the platform, the package and the remedies', () => {
+    const cause = new Error('Cannot find native binding. npm has a bug related to optional dependencies')
+    const error = missingBinding(cause)
+    expect(error).toBeInstanceOf(PoolError)
+    expect(error.code).toBe('NATIVE_BINDING_MISSING')
+    expect(error.cause).toBe(cause)
+    for (const part of [process.platform, process.arch, process.version, 'NAPI_RS_NATIVE_LIBRARY_PATH', 'optional']) {
+      expect(error.message).toContain(part)
+    }
+    // Every prebuilt package is named; the one for this platform is named as looked for.
+    for (const suffix of Object.values(PLATFORM_PACKAGES)) expect(error.message).toContain(`inferpool-${suffix}`)
+    const own = PLATFORM_PACKAGES[platformKey()]
+    if (own) expect(error.message).toContain(`looked for the package inferpool-${own}`)
+    // napi's generic message blames npm; it stays in the cause, not in ours.
+    expect(error.message).not.toContain('npm has a bug')
+    // Another failure (a version mismatch, a broken file) is quoted.
+    expect(missingBinding(new Error('Native binding package version mismatch')).message).toContain('version mismatch')
   })
 })

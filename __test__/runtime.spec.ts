@@ -5,7 +5,14 @@ import { join } from 'node:path'
 
 import { describe, expect, it } from 'vitest'
 
-import { Pool, PoolError, bundledLibraryPath, resolveLibraryPath } from '../src/index.js'
+import {
+  Pool,
+  PoolError,
+  bundledLibraryPath,
+  onnxruntimeNodeLibraryPath,
+  resolveLibrary,
+  resolveLibraryPath,
+} from '../src/index.js'
 import { TINY_BERT } from './helpers.js'
 
 // This file runs in its own process (vitest forks, one file per process): ONNX Runtime is not
@@ -39,11 +46,16 @@ const Base *OrtGetApiBase(void) { return &base; }
 }
 
 describe('loading ONNX Runtime', () => {
-  it('finds the library shipped in onnxruntime-node, as an absolute path', () => {
-    const path = bundledLibraryPath()
+  it('prefers an installed onnxruntime-node, as an absolute path', () => {
+    // From a clone onnxruntime-node is a development dependency and no platform package is installed.
+    const path = onnxruntimeNodeLibraryPath()
     expect(path).toMatch(/onnxruntime-node[\\/]bin[\\/]napi-v6[\\/]/)
-    expect(resolveLibraryPath()).toBe(path)
-    expect(resolveLibraryPath('relative/lib.so')).toBe(join(process.cwd(), 'relative/lib.so'))
+    expect(resolveLibrary()).toEqual({ path, source: 'onnxruntime-node' })
+    expect(bundledLibraryPath()).toBeUndefined()
+    expect(resolveLibrary('relative/lib.so')).toEqual({
+      path: join(process.cwd(), 'relative/lib.so'),
+      source: 'option',
+    })
   })
 
   it('names the path when the library is missing', async () => {
@@ -56,7 +68,7 @@ describe('loading ONNX Runtime', () => {
   it('takes ORT_DYLIB_PATH when no option is given', async () => {
     process.env.ORT_DYLIB_PATH = '/from/env/libonnxruntime.so'
     try {
-      expect(resolveLibraryPath()).toBe('/from/env/libonnxruntime.so')
+      expect(resolveLibrary()).toEqual({ path: '/from/env/libonnxruntime.so', source: 'env' })
       const error = await Pool.create({ model: TINY_BERT }).catch((e) => e)
       expect(error.code).toBe('ORT_LOAD_FAILED')
       expect(error.message).toContain('/from/env/libonnxruntime.so')
@@ -76,8 +88,7 @@ describe('loading ONNX Runtime', () => {
   it('then loads the real library and reports its version', async () => {
     const pool = await Pool.create({ model: TINY_BERT, cpuWorkers: 1 })
     try {
-      expect(pool.runtime.path).toBe(bundledLibraryPath())
-      expect(pool.runtime.version).toBe('1.29.0')
+      expect(pool.runtime).toEqual({ path: resolveLibraryPath(), version: '1.29.0', source: 'onnxruntime-node' })
     } finally {
       await pool.close()
     }

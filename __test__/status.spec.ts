@@ -110,7 +110,7 @@ const context: StatusContext = {
   ],
   started: 0,
   model: { path: '/models/a', dimension: 384, maxLength: 128 },
-  runtime: { path: '/ort/libonnxruntime.so', version: '1.29.0' },
+  runtime: { path: '/ort/libonnxruntime.so', version: '1.29.0', source: 'bundled' },
 }
 
 describe('toStatus', () => {

@@ -18,6 +18,8 @@
  * - `OVERLOADED`: accepting the call would exceed `maxQueuedItems`.
  * - `TIMEOUT`: the call did not finish within its `timeoutMs`; texts not started were not run.
  * - `ABORTED`: the call's `signal` aborted; texts not started were not run.
+ * - `NATIVE_BINDING_MISSING`: no prebuilt native addon fits this platform, or its package was not
+ *   installed (the message names the platform, the package looked for and the remedies).
  * - `INTERNAL`: a bug inside inferpool (a caught panic, a lost task); please report it.
  */
 export type PoolErrorCode =
@@ -33,6 +35,7 @@ export type PoolErrorCode =
   | 'OVERLOADED'
   | 'TIMEOUT'
   | 'ABORTED'
+  | 'NATIVE_BINDING_MISSING'
   | 'INTERNAL'
 
 const CODES: ReadonlySet<string> = new Set<PoolErrorCode>([
@@ -48,6 +51,7 @@ const CODES: ReadonlySet<string> = new Set<PoolErrorCode>([
   'OVERLOADED',
   'TIMEOUT',
   'ABORTED',
+  'NATIVE_BINDING_MISSING',
   'INTERNAL',
 ])
 

@@ -17,5 +17,12 @@ export type {
 } from './types.js'
 export { PoolError, type PoolErrorCode } from './errors.js'
 export { DEFAULT_MODEL, defaultCacheDir, ensureDefaultModel } from './model.js'
-export { type RuntimeInfo, bundledLibraryPath, resolveLibraryPath } from './runtime.js'
+export {
+  type RuntimeInfo,
+  type RuntimeSource,
+  bundledLibraryPath,
+  onnxruntimeNodeLibraryPath,
+  resolveLibrary,
+  resolveLibraryPath,
+} from './runtime.js'
 export { chunkText, type ChunkOptions } from './chunk.js'

@@ -49,7 +49,7 @@ import { basename, dirname, join, relative, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 
-import { Pool, bundledLibraryPath, ensureDefaultModel, resolveLibraryPath } from '../../dist/index.js'
+import { Pool, ensureDefaultModel, onnxruntimeNodeLibraryPath, resolveLibraryPath } from '../../dist/index.js'
 import { buildCorpus, checkTexts, describeCorpus } from '../lib/corpus.mjs'
 import { startContender } from '../lib/host.mjs'
 import { defaultModel } from '../lib/model.mjs'
@@ -142,7 +142,9 @@ function prepare() {
   } catch (error) {
     providers = { error: oneLine(error) }
   }
-  const ortDirs = [...new Set([dirname(bundledLibraryPath()), dirname(resolveLibraryPath())])]
+  const ortDirs = [
+    ...new Set([onnxruntimeNodeLibraryPath(), resolveLibraryPath()].filter(Boolean).map((path) => dirname(path))),
+  ]
   if (providers.error) {
     console.log(`- CUDA provider libraries: ${providers.error}`)
   } else if (providers.files) {
