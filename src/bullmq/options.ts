@@ -84,6 +84,8 @@ export interface ServeQueueOptions {
   maxOverloadedStarts?: number
   /** A name for this worker, stored on every job it runs. Default: `<hostname>:<pid>`. */
   name?: string
+  /** How long {@link serveQueue} waits for Redis, milliseconds. Default 10000. */
+  connectTimeoutMs?: number
 }
 
 const REMOTE_KEYS: Record<keyof RemotePoolOptions, true> = {
@@ -113,6 +115,7 @@ const SERVE_KEYS: Record<keyof ServeQueueOptions, true> = {
   overloadDelayMs: true,
   maxOverloadedStarts: true,
   name: true,
+  connectTimeoutMs: true,
 }
 
 /** Most jobs one worker runs at once per model. */
@@ -182,6 +185,7 @@ export function resolveServeOptions(options: ServeQueueOptions, defaultName: str
     overloadDelayMs: integer('overloadDelayMs', options.overloadDelayMs, 1, MAX_INT, 200),
     maxOverloadedStarts: integer('maxOverloadedStarts', options.maxOverloadedStarts, 1, MAX_INT, 50),
     name: options.name ?? defaultName,
+    connectTimeoutMs: positiveInt('connectTimeoutMs', options.connectTimeoutMs, 10_000),
   }
 }
 
@@ -210,6 +214,22 @@ export function connectionOptions(connection: unknown): ConnectionOptions {
     )
   }
   return connection as ConnectionOptions
+}
+
+/**
+ * `connection` with a reconnection strategy that can be told to stop: a client that could not
+ * connect in time gives up (and its connections close) instead of retrying forever. Once
+ * connected, it reconnects as BullMQ does by default (1 to 20 s apart). A client instance or
+ * options with their own `retryStrategy` are left as they are.
+ */
+export function stoppable(connection: ConnectionOptions): { connection: ConnectionOptions; giveUp: () => void } {
+  const given = connection as Record<string, unknown>
+  if (typeof given.retryStrategy === 'function' || typeof given.duplicate === 'function') {
+    return { connection, giveUp: () => undefined }
+  }
+  let stopped = false
+  const retryStrategy = (times: number) => (stopped ? null : Math.max(Math.min(Math.exp(times), 20_000), 1000))
+  return { connection: { ...given, retryStrategy }, giveUp: () => (stopped = true) }
 }
 
 function modelNames(models: unknown, fallback: string[]): string[] {

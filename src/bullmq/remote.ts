@@ -26,8 +26,17 @@ import { type Family, type HistogramData, exposition } from '../metrics.js'
 import { type ModelChoice, checkCall } from '../options.js'
 import { embedStream } from '../stream.js'
 import type { Priority, StreamItem, StreamOptions } from '../types.js'
-import { type ResolvedRemoteOptions, type RemotePoolOptions, resolveRemoteOptions } from './options.js'
-import { BULLMQ_PRIORITY, JOB_NAME, type JobData, decodeResult, failureError, queueName, withDeadline } from './wire.js'
+import { type ResolvedRemoteOptions, type RemotePoolOptions, resolveRemoteOptions, stoppable } from './options.js'
+import {
+  BULLMQ_PRIORITY,
+  JOB_NAME,
+  type JobData,
+  decodeResult,
+  failureError,
+  queueName,
+  settleWithin,
+  withDeadline,
+} from './wire.js'
 
 /** Options of {@link RemotePool.embed}. */
 export interface RemoteEmbedOptions {
@@ -108,6 +117,9 @@ interface JobEntry {
   sentAt: number
 }
 
+/** How long closing the connections of a client that could not connect may take. */
+const CLOSE_MS = 5000
+
 /** Latency buckets of calls, seconds. */
 const LATENCY_BOUNDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 
@@ -187,7 +199,8 @@ export class RemotePool {
    */
   static async create(options: RemotePoolOptions): Promise<RemotePool> {
     const settings = resolveRemoteOptions(options)
-    const { connection, prefix } = settings
+    const { prefix } = settings
+    const { connection, giveUp } = stoppable(settings.connection)
     const channels = new Map<string, Channel>()
     for (const model of settings.models) {
       const name = queueName(model)
@@ -220,7 +233,11 @@ export class RemotePool {
         'Redis did not answer',
       )
     } catch (error) {
-      await Promise.allSettled(all.flatMap((c) => [c.queue.close(), c.events.close()]))
+      giveUp()
+      await settleWithin(
+        all.flatMap((c) => [c.queue.close(), c.events.close()]),
+        CLOSE_MS,
+      )
       throw error
     }
     return new RemotePool(settings, channels)
@@ -267,13 +284,13 @@ export class RemotePool {
 
   async #embed(texts: readonly string[], options: RemoteEmbedOptions): Promise<Float32Array[]> {
     const call = checkCall(texts, options, this.#choice)
-    if (this.#closed) throw new PoolError('POOL_CLOSED', 'the remote pool is closed')
     const { signal, timeoutMs } = call
-    if (signal?.aborted) throw aborted(signal)
     const channel = this.#channels.get(this.#choice.names[call.model]) as Channel
     const started = performance.now()
     channel.counters.calls++
     try {
+      if (this.#closed) throw new PoolError('POOL_CLOSED', 'the remote pool is closed')
+      if (signal?.aborted) throw aborted(signal)
       if (call.texts.length === 0) return []
       await this.#expectWorker(channel)
       if (signal?.aborted) throw aborted(signal)

@@ -17,7 +17,7 @@ import { type Job, Queue, UnrecoverableError, Worker } from 'bullmq'
 
 import { PoolError } from '../errors.js'
 import type { Pool } from '../pool.js'
-import { type ResolvedServeOptions, type ServeQueueOptions, resolveServeOptions } from './options.js'
+import { type ResolvedServeOptions, type ServeQueueOptions, resolveServeOptions, stoppable } from './options.js'
 import {
   type JobData,
   type JobResult,
@@ -26,8 +26,12 @@ import {
   encodeResult,
   failureReason,
   queueName,
+  settleWithin,
   withDeadline,
 } from './wire.js'
+
+/** How long closing the connections of a worker that could not connect may take. */
+const CLOSE_MS = 5000
 
 /** Counters of a {@link QueueServer}, over all its models. */
 export interface QueueServerStats {
@@ -69,7 +73,7 @@ export interface QueueServer {
  * ```
  *
  * @throws {PoolError} `INVALID_INPUT` for malformed options or a model the pool does not have,
- * `REMOTE_UNAVAILABLE` when Redis cannot be reached within `lockDurationMs`.
+ * `REMOTE_UNAVAILABLE` when Redis cannot be reached within `connectTimeoutMs`.
  */
 export async function serveQueue(pool: Pool, options: ServeQueueOptions): Promise<QueueServer> {
   const settings = resolveServeOptions(options, `${hostname()}:${process.pid}`)
@@ -80,16 +84,18 @@ export async function serveQueue(pool: Pool, options: ServeQueueOptions): Promis
     }
   }
   const stats: QueueServerStats = { completed: 0, failed: 0, overloaded: 0, texts: 0, active: 0 }
-  const served = models.map((model) => serveModel(pool, model, settings, stats))
+  const { connection, giveUp } = stoppable(settings.connection)
+  const served = models.map((model) => serveModel(pool, model, { ...settings, connection }, stats))
   const closeAll = () => Promise.all(served.map((s) => s.close())).then(() => undefined)
   try {
     await withDeadline(
       Promise.all(served.map((s) => s.ready())),
-      settings.lockDurationMs,
+      settings.connectTimeoutMs,
       'Redis did not answer the workers',
     )
   } catch (error) {
-    await closeAll()
+    giveUp()
+    await settleWithin([closeAll()], CLOSE_MS)
     throw error
   }
   let closing: Promise<void> | undefined

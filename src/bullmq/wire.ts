@@ -121,6 +121,16 @@ export function checkJobData(data: unknown): JobData {
 }
 
 /**
+ * Waits for `closing` for at most `ms`: closing a connection that never opened may wait for a
+ * reconnection attempt.
+ */
+export async function settleWithin(closing: Promise<unknown>[], ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([Promise.allSettled(closing), new Promise((resolve) => (timer = setTimeout(resolve, ms)))])
+  clearTimeout(timer)
+}
+
+/**
  * `promise`, or a `REMOTE_UNAVAILABLE` rejection after `ms`.
  *
  * @throws {PoolError} `REMOTE_UNAVAILABLE` with `message` when `ms` passes first.
