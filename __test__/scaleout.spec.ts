@@ -117,6 +117,43 @@ async function builtInPool(): Promise<Pool> {
   return builtIn
 }
 
+/**
+ * Two workers of the built-in model (slow enough to be caught holding jobs) with the given lock
+ * and stalled-check periods, under 2000 texts of calls; once the first holds jobs it is stopped
+ * (SIGSTOP) and what it holds is read.
+ */
+async function freezeUnderLoad(tag: string, lockMs: number, stalledMs: number) {
+  const prefix = nextPrefix()
+  const args = workerArgs(prefix, '--model', 'default', '--concurrency', '4')
+  args.push('--lock-duration', String(lockMs), '--stalled-interval', String(stalledMs))
+  const [frozen, other] = await Promise.all([startWorker(redis.url, args), startWorker(redis.url, args)])
+  const observer = await watch(redis.url, prefix)
+  const remote = await RemotePool.create({ connection: redis.url, prefix, maxJobTexts: 16 })
+  const calls = callsOf(texts(2000, tag), 9)
+  const results = Promise.all(calls.map((call) => remote.embed(call)))
+  results.catch(() => undefined)
+  await until(async () => (await observer.heldBy(frozen)).size > 0, 30_000, 'the worker to hold jobs')
+  frozen.child.kill('SIGSTOP')
+  // Let a script it sent just before land, then read what it holds.
+  await sleep(100)
+  const held = await observer.heldBy(frozen)
+  expect(held.size).toBeGreaterThan(0)
+  return {
+    frozen,
+    other,
+    observer,
+    calls,
+    results,
+    held,
+    async close() {
+      frozen.child.kill('SIGCONT')
+      await remote.close({ drain: false })
+      await observer.close()
+      await Promise.all([frozen.kill(), other.kill()])
+    },
+  }
+}
+
 beforeAll(async () => {
   ;[redis, local] = await Promise.all([startRedis(), Pool.create({ model: TINY_BERT, cpuWorkers: 1 })])
 })
@@ -163,92 +200,39 @@ describe('RemotePool with inferpool worker processes', () => {
   })
 
   it('recovers the jobs of a worker killed mid-job: each completes once, every call resolves once', async () => {
-    const prefix = nextPrefix()
-    const args = workerArgs(
-      prefix,
-      '--model',
-      'default',
-      '--lock-duration',
-      '3000',
-      '--stalled-interval',
-      '500',
-      '--concurrency',
-      '4',
-    )
-    const [victim, survivor] = await Promise.all([startWorker(redis.url, args), startWorker(redis.url, args)])
-    const observer = await watch(redis.url, prefix)
-    const remote = await RemotePool.create({ connection: redis.url, prefix, maxJobTexts: 16 })
+    const run = await freezeUnderLoad('kill', 3000, 500)
     try {
-      const calls = callsOf(texts(2000, 'kill'), 9)
-      let answered = 0
-      const pending = calls.map((call) =>
-        remote.embed(call).finally(() => {
-          answered++
-        }),
-      )
-      // Freeze the victim while it holds jobs, read what it holds, then kill it.
-      await until(async () => (await observer.heldBy(victim)).size > 0, 30_000, 'the victim to hold jobs')
-      victim.child.kill('SIGSTOP')
-      await sleep(100)
-      const held = await observer.heldBy(victim)
-      await victim.kill()
-      expect(held.size).toBeGreaterThan(0)
-      const results = await Promise.all(pending)
-      expect(answered).toBe(calls.length)
-      await expectReference(calls, results, await builtInPool())
+      await run.frozen.kill()
+      await expectReference(run.calls, await run.results, await builtInPool())
       // The re-run jobs are exactly those it held, and no job completed twice.
-      await until(() => observer.stalled.size >= held.size, 10_000, 'the stalled events')
-      expect([...observer.stalled].sort()).toEqual([...held].sort())
-      expect([...observer.completed.values()].every((n) => n === 1)).toBe(true)
-      expect(observer.failed).toEqual([])
-      expect((await survivor.stop()).code).toBe(0)
+      await until(() => run.observer.stalled.size >= run.held.size, 10_000, 'the stalled events')
+      expect([...run.observer.stalled].sort()).toEqual([...run.held].sort())
+      expect([...run.observer.completed.values()].every((n) => n === 1)).toBe(true)
+      expect(run.observer.failed).toEqual([])
+      expect((await run.other.stop()).code).toBe(0)
     } finally {
-      await remote.close()
-      await observer.close()
-      await Promise.all([victim.kill(), survivor.kill()])
+      await run.close()
     }
   })
 
   it('refuses the late completion of a worker stopped past its lock (SIGSTOP, SIGCONT)', async () => {
-    const prefix = nextPrefix()
-    const args = workerArgs(
-      prefix,
-      '--model',
-      'default',
-      '--lock-duration',
-      '1000',
-      '--stalled-interval',
-      '300',
-      '--concurrency',
-      '4',
-    )
-    const [paused, other] = await Promise.all([startWorker(redis.url, args), startWorker(redis.url, args)])
-    const observer = await watch(redis.url, prefix)
-    const remote = await RemotePool.create({ connection: redis.url, prefix, maxJobTexts: 16 })
+    const run = await freezeUnderLoad('pause', 1000, 300)
+    const { observer, held } = run
     try {
-      const calls = callsOf(texts(2000, 'pause'), 9)
-      const pending = Promise.all(calls.map((call) => remote.embed(call)))
-      await until(async () => (await observer.heldBy(paused)).size > 0, 30_000, 'the worker to hold jobs')
-      paused.child.kill('SIGSTOP')
-      await sleep(100)
-      const held = await observer.heldBy(paused)
-      expect(held.size).toBeGreaterThan(0)
       // Its jobs are recovered and completed by the other worker while it is stopped.
       await until(() => [...held].every((id) => observer.completed.has(id)), 30_000, 'the held jobs to complete')
-      paused.child.kill('SIGCONT')
-      await expectReference(calls, await pending, await builtInPool())
+      run.frozen.child.kill('SIGCONT')
+      await expectReference(run.calls, await run.results, await builtInPool())
       // It finishes its stale copies and tries to complete them: the lock check refuses.
       await sleep(1500)
       expect([...held].every((id) => observer.stalled.has(id))).toBe(true)
       expect([...observer.completed.values()].every((n) => n === 1)).toBe(true)
       expect(observer.failed).toEqual([])
-      expect(paused.child.exitCode).toBeNull()
-      const stopped = await Promise.all([paused.stop(), other.stop()])
+      expect(run.frozen.child.exitCode).toBeNull()
+      const stopped = await Promise.all([run.frozen.stop(), run.other.stop()])
       expect(stopped.map((s) => s.code)).toEqual([0, 0])
     } finally {
-      await remote.close()
-      await observer.close()
-      await Promise.all([paused.kill(), other.kill()])
+      await run.close()
     }
   })
 
