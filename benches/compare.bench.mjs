@@ -18,14 +18,11 @@ import { parseArgs } from 'node:util'
 import { add, complete, cycle, suite } from 'benny'
 
 import { CONTENDERS } from './lib/contenders.mjs'
-import { buildCorpus, checkTexts, describeCorpus } from './lib/corpus.mjs'
 import { startContender } from './lib/host.mjs'
-import { defaultModel } from './lib/model.mjs'
 import { machine, outputCheck, ratios, table } from './lib/report.mjs'
+import { prepareRun } from './lib/run.mjs'
 import { createTokenize } from './lib/tokenize.mjs'
-import { planWorkloads } from './lib/workloads.mjs'
 
-const FULL_CORPUS = 4288
 const CHECK_THRESHOLD = 0.999
 
 // Run each case exactly once: one cycle of one iteration, one sample. (A minTime of 0 would be
@@ -43,16 +40,11 @@ if (values.baseline) process.env.INFERPOOL_BENCH_BASELINE = resolve(values.basel
 const contenders = select(values.only)
 const started = performance.now()
 
-const model = await defaultModel()
-const corpus = buildCorpus(values.quick ? Math.ceil(FULL_CORPUS / 10) : FULL_CORPUS)
-const corpusLine = describeCorpus(corpus, model.tokenizer, model.maxLength)
-console.log(corpusLine)
-const workloads = planWorkloads(corpus.texts.length, values.quick)
+const { model, corpus, corpusLine, workloads, init } = await prepareRun(values.quick)
 const ceilingWorkload = {
   id: 'ceiling',
   label: `ceiling: ${corpus.texts.length} texts pre-tokenized, sorted by length, batches of 16`,
 }
-const init = { model, texts: corpus.texts, checkTexts: checkTexts(corpus.texts) }
 
 const rows = []
 const checks = []

@@ -75,7 +75,7 @@ export async function submit(
 }
 
 /** The `TIMEOUT` error of a call that did not finish within `timeoutMs`. */
-function timedOut(timeoutMs: number, cause?: unknown): PoolError {
+export function timedOut(timeoutMs: number, cause?: unknown): PoolError {
   return new PoolError(
     'TIMEOUT',
     `the call did not finish within ${timeoutMs} ms`,

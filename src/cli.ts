@@ -8,13 +8,21 @@ import { text as readAll } from 'node:stream/consumers'
 import { MultiBar } from 'cli-progress'
 import { Command, InvalidArgumentError } from 'commander'
 
+import type * as Scaleout from './bullmq/index.js'
 import { chunkText } from './chunk.js'
 import { PoolError } from './errors.js'
 import { Pool } from './pool.js'
+import type { ModelSpec } from './types.js'
 
 function positive(value: string): number {
   const n = Number(value)
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a positive integer')
+  return n
+}
+
+function nonNegative(value: string): number {
+  const n = Number(value)
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a non-negative integer')
   return n
 }
 
@@ -89,6 +97,104 @@ async function embedCommand(files: string[], opts: EmbedOptions): Promise<void> 
   )
 }
 
+interface WorkerOptions {
+  redis: string
+  model: string[]
+  devices: string
+  cpuWorkers?: number
+  concurrency?: number
+  prefix?: string
+  lockDuration?: number
+  stalledInterval?: number
+  maxWaitMs?: number
+  maxQueuedItems?: number
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value]
+}
+
+/** `--model name=path` or `--model path` (named "default"), as `Pool.create`'s `models`. */
+function workerModels(given: string[]): Record<string, string | ModelSpec> {
+  const models: Record<string, string> = {}
+  for (const entry of given.length === 0 ? ['default'] : given) {
+    const eq = entry.indexOf('=')
+    const [name, path] = eq > 0 ? [entry.slice(0, eq), entry.slice(eq + 1)] : ['default', entry]
+    if (Object.hasOwn(models, name))
+      throw new PoolError('INVALID_INPUT', `model ${JSON.stringify(name)} is named twice`)
+    models[name] = path
+  }
+  return models
+}
+
+/**
+ * `inferpool/bullmq`, loaded only by `worker`: it needs the optional peer dependencies bullmq and
+ * ioredis. Loaded by URL, so that this entry's bundle keeps no static import of bullmq.
+ */
+async function loadScaleout(): Promise<typeof Scaleout> {
+  try {
+    return (await import(new URL('./bullmq.js', import.meta.url).href)) as typeof Scaleout
+  } catch (error) {
+    const missing = (error as { code?: string }).code === 'ERR_MODULE_NOT_FOUND'
+    if (missing && /bullmq|ioredis/.test(String(error))) {
+      throw new PoolError(
+        'INVALID_INPUT',
+        'inferpool worker needs the optional peer dependencies bullmq and ioredis: npm install bullmq@^6.7.0 ioredis@^5.11.1',
+      )
+    }
+    throw error
+  }
+}
+
+/** Serves the pool on Redis until SIGTERM or SIGINT, then finishes the active jobs and exits. */
+async function workerCommand(opts: WorkerOptions): Promise<void> {
+  const { serveQueue } = await loadScaleout()
+  const pool = await Pool.create({
+    models: workerModels(opts.model),
+    devices: opts.devices === 'auto' ? 'auto' : opts.devices.split(',').map((d) => d.trim()),
+    cpuWorkers: opts.cpuWorkers,
+    maxWaitMs: opts.maxWaitMs,
+    maxQueuedItems: opts.maxQueuedItems,
+  })
+  let server: Scaleout.QueueServer
+  try {
+    server = await serveQueue(pool, {
+      connection: opts.redis,
+      concurrency: opts.concurrency,
+      prefix: opts.prefix,
+      lockDurationMs: opts.lockDuration,
+      stalledIntervalMs: opts.stalledInterval,
+    })
+  } catch (error) {
+    await pool.close({ drain: false })
+    throw error
+  }
+  const devices = pool.status().workers.map((w) => w.device)
+  process.stderr.write(
+    `inferpool worker ${server.name} ready: models ${server.models.join(', ')}; devices ${devices.join(', ')}\n`,
+  )
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'))
+    process.once('SIGINT', () => resolve('SIGINT'))
+  })
+  process.stderr.write(`inferpool worker ${server.name}: ${signal}, finishing the active jobs\n`)
+  // A second signal does not wait.
+  const force = () => process.exit(1)
+  process.once('SIGTERM', force)
+  process.once('SIGINT', force)
+  await server.close()
+  const workers = pool.status().workers
+  await pool.close()
+  const stats = server.stats()
+  const batches = workers.reduce((sum, w) => sum + w.batches, 0)
+  const items = workers.reduce((sum, w) => sum + w.items, 0)
+  process.stderr.write(
+    `inferpool worker ${server.name} stopped: ${stats.completed} jobs, ${stats.texts} texts, ` +
+      `${stats.failed} failed attempts, ${stats.overloaded} put back when full, ` +
+      `mean batch size ${batches === 0 ? 0 : (items / batches).toFixed(2)}\n`,
+  )
+}
+
 const program = new Command()
   .name('inferpool')
   .description('Batched embeddings on Rust threads with ONNX Runtime')
@@ -105,6 +211,26 @@ program
   .option('--max-chars <n>', 'longest chunk in characters', positive, 1000)
   .option('--no-progress', 'do not show a progress bar')
   .action(embedCommand)
+
+program
+  .command('worker')
+  .description('serve models to RemotePool clients from BullMQ queues on Redis (needs bullmq and ioredis)')
+  .requiredOption('-r, --redis <url>', 'Redis URL, redis://[user:password@]host:port[/db]')
+  .option(
+    '-m, --model <model>',
+    'a model to serve: name=path, or a path (named "default"); repeat for several. Default: the built-in model',
+    collect,
+    [],
+  )
+  .option('-d, --devices <list>', 'comma-separated devices: cpu, cuda:N, or auto', 'cpu')
+  .option('--cpu-workers <n>', 'worker threads on the CPU', positive)
+  .option('-c, --concurrency <n>', 'jobs run at once per model (their texts are batched together)', positive)
+  .option('--prefix <prefix>', "BullMQ key prefix, as the clients' (default: inferpool)")
+  .option('--lock-duration <ms>', 'job lock, milliseconds: a worker stopped longer loses its jobs', positive)
+  .option('--stalled-interval <ms>', 'how often to recover the jobs of dead workers, milliseconds', positive)
+  .option('--max-wait-ms <ms>', 'how long a partial batch may wait for more texts', nonNegative)
+  .option('--max-queued-items <n>', 'most texts queued in the pool; beyond it jobs go back to the queue', positive)
+  .action(workerCommand)
 
 program.parseAsync().catch((error: unknown) => {
   const message = error instanceof PoolError ? `${error.code}: ${error.message}` : String(error)

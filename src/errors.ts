@@ -20,6 +20,8 @@
  * - `ABORTED`: the call's `signal` aborted; texts not started were not run.
  * - `NATIVE_BINDING_MISSING`: no prebuilt native addon fits this platform, or its package was not
  *   installed (the message names the platform, the package looked for and the remedies).
+ * - `REMOTE_UNAVAILABLE`: a `RemotePool` (`inferpool/bullmq`) cannot reach Redis, no worker
+ *   serving the model has been seen, or a job was lost from the queue.
  * - `INTERNAL`: a bug inside inferpool (a caught panic, a lost task); please report it.
  */
 export type PoolErrorCode =
@@ -36,6 +38,7 @@ export type PoolErrorCode =
   | 'TIMEOUT'
   | 'ABORTED'
   | 'NATIVE_BINDING_MISSING'
+  | 'REMOTE_UNAVAILABLE'
   | 'INTERNAL'
 
 const CODES: ReadonlySet<string> = new Set<PoolErrorCode>([
@@ -52,10 +55,23 @@ const CODES: ReadonlySet<string> = new Set<PoolErrorCode>([
   'TIMEOUT',
   'ABORTED',
   'NATIVE_BINDING_MISSING',
+  'REMOTE_UNAVAILABLE',
   'INTERNAL',
 ])
 
-/** The one error type of inferpool; `code` says what went wrong. */
+/** Whether `code` is one of the {@link PoolErrorCode}s. */
+export function isPoolErrorCode(code: unknown): code is PoolErrorCode {
+  return typeof code === 'string' && CODES.has(code)
+}
+
+/** Marks every {@link PoolError}, whichever copy of this module made it. */
+const BRAND = Symbol.for('inferpool.PoolError')
+
+/**
+ * The one error type of inferpool; `code` says what went wrong. `instanceof PoolError` holds
+ * for errors of every entry point (`inferpool`, `inferpool/bullmq`) and of both module formats,
+ * each of which bundles its own copy of this class.
+ */
 export class PoolError extends Error {
   /** Machine-readable reason, see {@link PoolErrorCode}. */
   readonly code: PoolErrorCode
@@ -64,6 +80,11 @@ export class PoolError extends Error {
     super(message, options)
     this.name = 'PoolError'
     this.code = code
+    Object.defineProperty(this, BRAND, { value: true })
+  }
+
+  static [Symbol.hasInstance](value: unknown): boolean {
+    return typeof value === 'object' && value !== null && BRAND in value
   }
 }
 
@@ -77,6 +98,6 @@ export function fromNative(error: unknown): PoolError {
   if (error instanceof PoolError) return error
   const fields: { code?: unknown; message?: unknown } = typeof error === 'object' && error !== null ? error : {}
   const message = typeof fields.message === 'string' ? fields.message : String(error)
-  const code = typeof fields.code === 'string' && CODES.has(fields.code) ? (fields.code as PoolErrorCode) : 'INTERNAL'
+  const code = isPoolErrorCode(fields.code) ? fields.code : 'INTERNAL'
   return new PoolError(code, message, { cause: error })
 }
