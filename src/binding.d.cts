@@ -348,7 +348,7 @@ export interface BindingWorkerStatus {
   memoryUsed: number
   /** Its memory budget, bytes (`Infinity` = unlimited). */
   memoryBudget: number
-  /** Current adaptive budget, padded tokens per batch. */
+  /** Current token budget, padded tokens per batch. */
   tokenBudget: number
   /** Time spent running batches, milliseconds. */
   busyMs: number

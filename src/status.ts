@@ -186,7 +186,7 @@ export function toMetrics(snapshot: Snapshot, context: StatusContext, now = perf
     },
     {
       name: 'inferpool_token_budget',
-      help: 'Current adaptive budget, padded tokens per batch.',
+      help: 'Current token budget, padded tokens per batch.',
       type: 'gauge',
       samples: perWorker((w) => w.tokenBudget),
     },

@@ -110,7 +110,7 @@ export interface WorkerStatus {
   spreadBatches: number
   /** Mean texts per batch. */
   meanBatchSize: number
-  /** Its current adaptive budget, padded tokens per batch. */
+  /** Its current budget, padded tokens per batch: `maxBatchTokens`, lowered while its batches are slow or after an out-of-memory error. */
   tokenBudget: number
   /** Time spent running batches, milliseconds. */
   busyMs: number
@@ -307,8 +307,8 @@ export interface PoolOptions {
   /** Most texts in one batch. Default 64. */
   maxBatchSize?: number
   /**
-   * Most padded tokens (longest text × texts) in one batch, and the ceiling of each worker's
-   * adaptive budget. Default 16384.
+   * Most padded tokens (longest text × texts) in one batch; a worker lowers its own budget while
+   * its batches take over 2 s, and for good after one runs out of memory. Default 16384.
    */
   maxBatchTokens?: number
   /**

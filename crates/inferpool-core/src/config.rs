@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::{AdaptiveConfig, BatchPolicy};
+use crate::BatchPolicy;
 
 /// Most models, and most workers, in one pool (both are bit sets).
 pub const MAX_MODELS: usize = 64;
@@ -19,8 +19,6 @@ pub struct PoolConfig {
   pub max_queued_items: usize,
   /// Runs an item may fail before its request gets the error.
   pub max_attempts: u32,
-  /// The adaptive token budget.
-  pub adaptive: AdaptiveConfig,
   /// First back-off after a failed batch; doubles per consecutive failure.
   pub backoff_initial: Duration,
   /// Longest back-off.
@@ -52,7 +50,6 @@ impl Default for PoolConfig {
       policy: BatchPolicy::default(),
       max_queued_items: 1 << 20,
       max_attempts: 3,
-      adaptive: AdaptiveConfig::default(),
       backoff_initial: Duration::from_millis(10),
       backoff_max: Duration::from_secs(2),
       memory_budget: Vec::new(),

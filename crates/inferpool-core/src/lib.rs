@@ -25,7 +25,7 @@ pub mod sim;
 mod stats;
 
 pub use backend::{Backend, BackendFactory, Tokenize, TokenizedText};
-pub use batch::{BatchPolicy, ShareRule, adaptive::AdaptiveConfig};
+pub use batch::{BatchPolicy, ShareRule};
 pub use cancel::CallHandle;
 pub use config::{CloseMode, MAX_MODELS, PoolConfig};
 pub use error::{BackendError, BackendErrorKind, PoolError};

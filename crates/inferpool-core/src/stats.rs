@@ -70,7 +70,8 @@ pub struct WorkerStats {
   /// Batches that started while every other worker was idle and that the backend spread over
   /// their cores ([`crate::Backend::run_alone`]).
   pub spread_batches: u64,
-  /// Current adaptive token budget (of the model it ran last).
+  /// Current token budget (of the model it ran last): `max_batch_tokens`, lowered while its
+  /// batches are slower than the latency target or after an out-of-memory error.
   pub token_budget: usize,
   /// Time spent running batches.
   pub busy: Duration,

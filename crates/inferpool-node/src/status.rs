@@ -48,7 +48,7 @@ pub struct BindingWorkerStatus {
   pub memory_used: f64,
   /// Its memory budget, bytes (`Infinity` = unlimited).
   pub memory_budget: f64,
-  /// Current adaptive budget, padded tokens per batch.
+  /// Current token budget, padded tokens per batch.
   pub token_budget: f64,
   /// Time spent running batches, milliseconds.
   pub busy_ms: f64,

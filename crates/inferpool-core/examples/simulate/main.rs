@@ -209,9 +209,8 @@ type Ablation = (&'static str, fn(&mut PoolConfig));
 /// The pool with each heuristic switched off in turn, every scenario run `SIM_REPEAT` times
 /// (default 5); the medians are printed, and the worst makespan.
 fn ablations(only: Option<&str>) {
-  let variants: [Ablation; 6] = [
+  let variants: [Ablation; 5] = [
     ("all heuristics on", |_| {}),
-    ("adaptive budget off", |c| c.adaptive.enabled = false),
     ("equal split, not water-filling", |c| c.policy.share = ShareRule::Equal),
     ("no smaller first batch", |c| c.policy.first_batch_divisor = 1),
     ("no padding up to one batch's cost", |c| c.policy.pad_within_batch_cost = false),

@@ -13,7 +13,7 @@
 //!    only pays when the items left out can batch with their own lengths later.
 //! 6. Nothing waits for a full batch: whatever the window holds is enough.
 
-pub(crate) mod adaptive;
+pub(crate) mod budget;
 pub(crate) mod queue;
 pub(crate) mod share;
 
@@ -35,8 +35,8 @@ use crate::{
 pub struct BatchPolicy {
   /// Most items in one batch.
   pub max_batch_size: usize,
-  /// Most padded tokens (longest item × item count) in one batch, and the ceiling of the
-  /// adaptive budget. One item longer than this still runs, alone.
+  /// Most padded tokens (longest item × item count) in one batch (lowered for good on a worker
+  /// whose batch ran out of memory). One item longer than this still runs, alone.
   pub max_batch_tokens: usize,
   /// Most queued items one worker sorts by length per batch (it takes at most one batch's worth
   /// from the queue at a time; more can gather in its deque from earlier batches and steals).
@@ -57,6 +57,9 @@ pub struct BatchPolicy {
   /// than its share (1: no smaller first batch), so a slow device is not handed a large part
   /// of the queue before its speed is known.
   pub first_batch_divisor: usize,
+  /// A batch slower than this shrinks the worker's token budget (and a batch faster than half
+  /// of it lets the budget grow back), so one batch does not hold a device for long.
+  pub target_latency: Duration,
   /// Bulk goes first on every `fairness_interval`-th batch of a worker, even when interactive
   /// work waits (tokio's `global_queue_interval` idea); 0 never lets bulk go first.
   pub fairness_interval: u32,
@@ -83,6 +86,7 @@ impl Default for BatchPolicy {
       pad_within_batch_cost: true,
       share: ShareRule::WaterFilling,
       first_batch_divisor: 4,
+      target_latency: Duration::from_secs(2),
       fairness_interval: 4,
     }
   }
@@ -184,8 +188,6 @@ pub(crate) struct Selection {
   pub(crate) batch: Vec<Queued>,
   /// Candidates not chosen, most urgent first.
   pub(crate) rest: Vec<Queued>,
-  /// Whether the token budget (rather than `cap` or a lack of items) ended the batch.
-  pub(crate) budget_bound: bool,
 }
 
 /// Cuts one batch out of `candidates` (see the module docs), built around the oldest candidate
@@ -199,7 +201,7 @@ pub(crate) fn select(
   first: Priority,
 ) -> Selection {
   if candidates.is_empty() {
-    return Selection { batch: candidates, rest: Vec::new(), budget_bound: false };
+    return Selection { batch: candidates, rest: Vec::new() };
   }
   candidates.sort_by_key(|q| (q.len(), q.urgency(first)));
   let most_urgent = candidates
@@ -217,7 +219,6 @@ pub(crate) fn select(
 
   let (mut lo, mut hi) = (most_urgent, most_urgent + 1);
   let mut real = len_at(most_urgent);
-  let mut budget_bound = false;
   // Whether a run of `count` items padded to `longest` with `real` real tokens is acceptable.
   #[expect(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
   let fits = |longest: usize, count: usize, real: usize| {
@@ -235,8 +236,6 @@ pub(crate) fn select(
       real += len_at(hi);
       hi += 1;
     } else {
-      budget_bound = (lo > 0 && len_at(hi - 1) * count > budget)
-        || (hi < candidates.len() && len_at(hi) * count > budget);
       break;
     }
   }
@@ -245,7 +244,7 @@ pub(crate) fn select(
   let batch: Vec<Queued> = candidates.drain(lo..).collect();
   rest.append(&mut candidates);
   rest.sort_by_key(|q| q.urgency(first));
-  Selection { batch, rest, budget_bound }
+  Selection { batch, rest }
 }
 
 #[cfg(test)]
@@ -283,7 +282,6 @@ pub(crate) mod tests {
     let s = select(items(&[5, 3], Priority::Bulk), 8, 1000, 1.0, None, Priority::Interactive);
     assert_eq!(indices(&s.batch), vec![1, 0]);
     assert!(s.rest.is_empty());
-    assert!(!s.budget_bound);
   }
 
   #[test]
@@ -300,7 +298,6 @@ pub(crate) mod tests {
     let s =
       select(items(&[10, 10, 10, 10], Priority::Bulk), 10, 30, 0.05, None, Priority::Interactive);
     assert_eq!(s.batch.len(), 3);
-    assert!(s.budget_bound);
     // An item longer than the budget still runs, alone.
     assert_eq!(
       select(items(&[50, 50], Priority::Bulk), 10, 30, 0.05, None, Priority::Interactive)

@@ -18,7 +18,7 @@ use crate::{
 
 impl WorkerThread {
   /// Runs one batch of `model` and settles every item in it (module docs, step 6).
-  pub(crate) fn run_batch(&mut self, (model, batch, budget_bound): (usize, Vec<Queued>, bool)) {
+  pub(crate) fn run_batch(&mut self, (model, batch): (usize, Vec<Queued>)) {
     let registry = Arc::clone(&self.registry);
     let shared_model = &registry.models[model];
     let count = batch.len();
@@ -58,7 +58,7 @@ impl WorkerThread {
           // Run with more threads than the worker has under load: not its speed.
           shared.spread_batches.fetch_add(1, Ordering::Relaxed);
         } else {
-          self.models[model].controller.observe(padded, elapsed, budget_bound);
+          self.models[model].budget.observe(padded, elapsed);
           self.record_speed(model, count, padded, elapsed);
         }
         self.complete(model, batch, finished);
@@ -68,7 +68,7 @@ impl WorkerThread {
         self.settle_failure(model, batch, &error, padded);
       }
     }
-    shared.token_budget.store(self.models[model].controller.budget(), Ordering::Relaxed);
+    shared.token_budget.store(self.models[model].budget.tokens(), Ordering::Relaxed);
   }
 
   /// Runs `batch` on this worker's backend of `model` (a panic becomes an error); on success
@@ -142,7 +142,7 @@ impl WorkerThread {
   )]
   pub(crate) fn predict(&self, model: usize, padded: usize) -> u64 {
     self.models[model]
-      .controller
+      .budget
       .cost_model()
       .map_or(0, |cost| ((cost.fixed + cost.per_token * padded as f64) * 1e9) as u64)
   }
@@ -163,7 +163,7 @@ impl WorkerThread {
     };
     fold(&self.shared().speed, items);
     let token_speed = &self.shared().models[model].token_speed;
-    if let Some(cost) = self.models[model].controller.cost_model() {
+    if let Some(cost) = self.models[model].budget.cost_model() {
       token_speed.store((1.0 / cost.per_token).to_bits(), Ordering::Relaxed);
     } else {
       fold(token_speed, padded.max(1));
@@ -181,7 +181,7 @@ impl WorkerThread {
     let cancelling = self.registry.closing() == CANCEL;
     if error.kind == BackendErrorKind::OutOfMemory && batch.len() > 1 && !cancelling {
       // Smaller batches may fit: halve the budget for good and run the items again.
-      self.models[model].controller.out_of_memory(padded);
+      self.models[model].budget.out_of_memory(padded);
       for item in batch {
         self.models[model].deque.push(item);
       }

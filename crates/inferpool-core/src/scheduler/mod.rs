@@ -18,7 +18,7 @@
 //! 3. It works out its *share* of that model's queued tokens ([`fair_share`]): enough to finish
 //!    together with every other worker holding the model, given their measured speeds and the
 //!    batches they are running. Its token budget for the batch is the smaller of that share and
-//!    its adaptive budget for the model.
+//!    its token budget for the model (`batch::budget`).
 //! 4. It looks for work in this order ([`WorkerThread::find_batch`]): interactive items (unless
 //!    the fairness tick says bulk goes first this time), then its own deque for the model, topped
 //!    up from the bulk length classes (a sweep downwards from its cursor) to the budget, then a

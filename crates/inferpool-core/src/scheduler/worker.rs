@@ -13,7 +13,7 @@ use crate::{
   BackendError, BackendErrorKind, Event, PoolError, Priority, UnloadReason, WorkerState,
   batch::{
     Queued, ShareRule,
-    adaptive::Controller,
+    budget::Budget,
     queue::CLASSES,
     select,
     share::{Peer, fair_share},
@@ -35,8 +35,8 @@ pub(crate) struct WorkerModel {
   pub(crate) deque: Worker<Queued>,
   /// The loaded backend, while the worker holds the model.
   pub(crate) slot: Option<Slot>,
-  /// Adaptive budget and cost fit (kept across unloads).
-  pub(crate) controller: Controller,
+  /// Token budget and cost fit (kept across unloads).
+  pub(crate) budget: Budget,
   /// Consecutive failed loads, and no new attempt on demand before the instant given.
   pub(crate) load_failure: (u32, Option<Instant>),
   /// The bulk length class its sweep takes from next.
@@ -82,15 +82,15 @@ impl WorkerThread {
       .map(|deque| WorkerModel {
         deque,
         slot: None,
-        controller: Controller::new(
-          registry.config.adaptive,
+        budget: Budget::new(
           registry.config.policy.max_batch_tokens,
+          registry.config.policy.target_latency,
         ),
         load_failure: (0, None),
         cursor: CLASSES - 1,
       })
       .collect();
-    registry.workers[index].token_budget.store(models[0].controller.budget(), Ordering::Relaxed);
+    registry.workers[index].token_budget.store(models[0].budget.tokens(), Ordering::Relaxed);
     Self {
       index,
       registry,
@@ -254,31 +254,28 @@ impl WorkerThread {
 
   /// Picks a model and finds its next batch. `None` when nothing is runnable anywhere for the
   /// models this worker may run.
-  pub(crate) fn find_work(&mut self) -> Option<(usize, Vec<Queued>, bool)> {
+  pub(crate) fn find_work(&mut self) -> Option<(usize, Vec<Queued>)> {
     let mut skip = 0_u64;
     for _ in 0..self.registry.models.len() {
       let model = self.choose_model(skip)?;
-      if let Some((batch, bound)) = self.find_batch(model) {
-        return Some((model, batch, bound));
+      if let Some(batch) = self.find_batch(model) {
+        return Some((model, batch));
       }
       skip |= 1 << model;
     }
     None
   }
 
-  /// Looks for the next batch of `model` (module docs, steps 3–5). The flag tells whether the
-  /// adaptive token budget bounded the batch.
-  pub(crate) fn find_batch(&mut self, model: usize) -> Option<(Vec<Queued>, bool)> {
+  /// Looks for the next batch of `model` (module docs, steps 3–5).
+  pub(crate) fn find_batch(&mut self, model: usize) -> Option<Vec<Queued>> {
     let policy = self.registry.config.policy;
     let share = self.share(model);
     let cap = policy.max_batch_size.max(1);
-    let controller = &self.models[model].controller;
-    let mut budget = controller.budget().min(share);
+    let mut budget = self.models[model].budget.tokens().min(share);
     if self.shared().models[model].token_speed.load(Ordering::Relaxed) == 0 {
       // Speed not measured yet: a smaller first batch measures it.
       budget = budget.div_ceil(policy.first_batch_divisor.max(1));
     }
-    let adaptive_bound = budget >= controller.budget();
     self.tick += 1;
     let bulk_first =
       policy.fairness_interval > 0 && self.tick.is_multiple_of(u64::from(policy.fairness_interval));
@@ -320,7 +317,7 @@ impl WorkerThread {
         cap,
         budget,
         policy.max_padding,
-        self.models[model].controller.cost_model().filter(|_| policy.pad_within_batch_cost),
+        self.models[model].budget.cost_model().filter(|_| policy.pad_within_batch_cost),
         if bulk_first { Priority::Bulk } else { Priority::Interactive },
       );
       // The rest goes back in length order: a thief takes from the front, so what it steals is a
@@ -334,7 +331,7 @@ impl WorkerThread {
         let prefer = self.registry.holder_mask(model) & !(1 << self.index);
         self.registry.sleep.notify(Wake::One { prefer });
       }
-      return Some((selection.batch, selection.budget_bound && adaptive_bound));
+      return Some(selection.batch);
     }
   }
 
