@@ -1,6 +1,9 @@
 export { Pool } from './pool.js'
 export type {
+  CacheOptions,
+  CacheStatus,
   EmbedOptions,
+  EmbedResult,
   ModelSpec,
   ModelStatus,
   PoolEvent,
