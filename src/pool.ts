@@ -189,6 +189,11 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
     return [...this.#choice.names]
   }
 
+  /** Name of the model `embed` uses without `{ model }`. */
+  get defaultModel(): string {
+    return this.#choice.names[this.#choice.defaultModel]
+  }
+
   /** Whether {@link Pool.close} has been called. */
   get closed(): boolean {
     return this.#closed
