@@ -72,6 +72,11 @@ export async function createServer(pool: Pool, options: ServerOptions = {}): Pro
   app.addHook('preClose', async () => {
     closing = true
   })
+  // While closing, a keep-alive connection ends with the answer it is waiting for, instead of
+  // holding the close open until it times out.
+  app.addHook('onSend', async (_request, reply) => {
+    if (closing) reply.header('connection', 'close')
+  })
   app.addHook('onClose', async () => eventLoop.disable())
 
   const key = settings.apiKey === undefined ? undefined : digest(settings.apiKey)
