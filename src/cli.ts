@@ -7,6 +7,7 @@ import { text as readAll } from 'node:stream/consumers'
 
 import { MultiBar } from 'cli-progress'
 import { Command, InvalidArgumentError } from 'commander'
+import type { FastifyInstance } from 'fastify'
 
 import type * as Scaleout from './bullmq/index.js'
 import { chunkText } from './chunk.js'
@@ -227,20 +228,26 @@ async function serveCommand(opts: ServeOptions): Promise<void> {
     maxQueuedItems: opts.maxQueuedItems,
     cache: opts.cache === undefined ? false : { maxEntries: opts.cache },
   })
-  // fastify is loaded here, only by this command.
-  const { createServer } = await import('./server.js')
-  const app = await createServer(pool, {
-    apiKey: process.env.INFERPOOL_API_KEY || undefined,
-    maxItems: opts.maxItems,
-    maxTextLength: opts.maxTextLength,
-    maxBodyBytes: opts.maxBodyBytes,
-    timeoutMs: opts.timeoutMs,
-    logger: opts.log,
-  }).catch(async (error: unknown) => {
+  let app: FastifyInstance | undefined
+  let address: string
+  try {
+    // fastify is loaded here, only by this command.
+    const { createServer } = await import('./server.js')
+    app = await createServer(pool, {
+      apiKey: process.env.INFERPOOL_API_KEY || undefined,
+      maxItems: opts.maxItems,
+      maxTextLength: opts.maxTextLength,
+      maxBodyBytes: opts.maxBodyBytes,
+      timeoutMs: opts.timeoutMs,
+      logger: opts.log,
+    })
+    address = await app.listen({ host: opts.host, port: opts.port })
+  } catch (error) {
+    await app?.close()
     await pool.close()
     throw error
-  })
-  const address = await app.listen({ host: opts.host, port: opts.port })
+  }
+  const server = app
   const auth = process.env.INFERPOOL_API_KEY ? 'API key required' : 'no API key'
   process.stderr.write(`inferpool: listening on ${address} (models: ${pool.models.join(', ')}; ${auth})\n`)
   // SIGTERM or SIGINT: stop taking requests, answer those in flight (their texts drain from
@@ -249,7 +256,7 @@ async function serveCommand(opts: ServeOptions): Promise<void> {
     process.stderr.write(`inferpool: ${signal}: draining\n`)
     const deadline = setTimeout(() => void pool.close({ drain: false }), opts.drainTimeoutMs)
     try {
-      await app.close()
+      await server.close()
       await pool.close()
     } finally {
       clearTimeout(deadline)

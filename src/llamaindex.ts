@@ -7,6 +7,9 @@ import { type AdapterOptions, adapterOptions, arrays } from './adapter.js'
 import type { Pool } from './pool.js'
 import type { EmbedOptions } from './types.js'
 
+/** Options of {@link InferpoolEmbedding}. */
+export type InferpoolEmbeddingOptions = AdapterOptions
+
 const KEYS = ['pool', 'model', 'timeoutMs'] as const
 
 /**
@@ -22,7 +25,7 @@ export class InferpoolEmbedding extends BaseEmbedding {
   readonly #pool: Pool
   readonly #call: EmbedOptions
 
-  constructor(options: AdapterOptions) {
+  constructor(options: InferpoolEmbeddingOptions) {
     super()
     const { pool, call } = adapterOptions(options, KEYS)
     this.#pool = pool
