@@ -5,7 +5,8 @@ import type { FastifyInstance } from 'fastify'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
-import { Pool, createServer } from '../src/index.js'
+import { errorBody, toHttpError } from '../src/api.js'
+import { Pool, PoolError, type PoolErrorCode, createServer } from '../src/index.js'
 import { TINY_BERT, TINY_BERT_WIDE } from './helpers.js'
 
 const KEY = 'test-key-0123456789'
@@ -278,3 +279,42 @@ describe('the server under load and when closing', () => {
 })
 
 const tick = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+describe('errors as HTTP answers', () => {
+  it('maps every pool error code to its status, in both shapes', () => {
+    const cases: [PoolErrorCode, number, string][] = [
+      ['INVALID_INPUT', 400, 'validation'],
+      ['OVERLOADED', 429, 'overloaded'],
+      ['TIMEOUT', 504, 'backend'],
+      ['POOL_CLOSED', 503, 'unhealthy'],
+      ['MODEL_UNAVAILABLE', 503, 'unhealthy'],
+      ['INFERENCE_FAILED', 500, 'backend'],
+      ['INTERNAL', 500, 'backend'],
+    ]
+    for (const [code, status, teiType] of cases) {
+      const http = toHttpError(new PoolError(code, `${code} happened`), () => 7)
+      expect(http.status).toBe(status)
+      expect(http.retryAfter).toBe(code === 'OVERLOADED' ? 7 : undefined)
+      expect(errorBody(http, 'openai')).toEqual({
+        status,
+        body: {
+          error: {
+            message: `${code} happened`,
+            type: status === 429 ? 'rate_limit_error' : status >= 500 ? 'server_error' : 'invalid_request_error',
+            param: null,
+            code: code.toLowerCase(),
+          },
+        },
+      })
+      expect(errorBody(http, 'tei')).toEqual({
+        status: status === 400 ? 422 : status,
+        body: { error: `${code} happened`, error_type: teiType },
+      })
+    }
+    // An error that is not the pool's does not leak its message.
+    expect(toHttpError(new Error('secret detail'), () => 1)).toMatchObject({
+      status: 500,
+      message: 'internal server error',
+    })
+  })
+})

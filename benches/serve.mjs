@@ -41,7 +41,7 @@ const WORKLOADS = [
 const pool = await Pool.create({ model: values.model, cpuWorkers: Number(values.workers) })
 // Requests of one text are interactive, larger ones bulk: the server's default, mirrored below.
 const priority = (count) => (count === 1 ? 'interactive' : 'bulk')
-const app = await createServer(pool, { timeoutMs: 120_000 })
+const app = await createServer(pool, { timeoutMs: 600_000 })
 const base = await app.listen({ host: '127.0.0.1', port: 0 })
 
 /** `connections` callers, each calling the pool again as soon as its call returns. */
@@ -72,7 +72,7 @@ async function overHttp(workload) {
     connections,
     amount: workload.requests,
     workers: 1,
-    timeout: 120,
+    timeout: 600,
   })
   const failed = result.non2xx + result.errors + result.timeouts
   if (failed > 0) throw new Error(`${failed} requests failed (non-2xx ${result.non2xx}, errors ${result.errors})`)
