@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
-import { Pool, PoolError } from '../src/index.js'
-import { until } from './helpers.js'
+import { Pool } from '../src/index.js'
+import { code, until } from './helpers.js'
 
 // The default model on one worker thread with batches of 1: a backlog of a few hundred texts
 // keeps it busy long enough to see queueing, priorities, aborts and timeouts.
@@ -18,13 +18,6 @@ async function running(pool: Pool, texts: string[]): Promise<{ done: Promise<Flo
   const done = pool.embed(texts)
   await until('the first text has run', () => pool.status().items > before)
   return { done }
-}
-
-async function code(promise: Promise<unknown>): Promise<string> {
-  return promise.then(
-    () => 'resolved',
-    (e: unknown) => (e instanceof PoolError ? e.code : `not a PoolError: ${String(e)}`),
-  )
 }
 
 describe('per-call options', () => {

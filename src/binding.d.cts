@@ -17,6 +17,12 @@ export declare class BindingCall {
   /** Resolves with the call's rows, or rejects with its error (once; a second call rejects). */
   result(): Promise<Float32Array>
   /**
+   * Each text's token count (what the model was fed: special tokens included, after
+   * truncation) once `result()` has resolved, when the call was made with `countTokens`;
+   * `null` before that, or without it.
+   */
+  tokenCounts(): Uint32Array | null
+  /**
    * Answers the call with `TIMEOUT` when `timedOut`, else with `ABORTED`, unless it has been
    * answered; its texts not started yet are not run. Returns whether this decided the outcome.
    */
@@ -32,11 +38,11 @@ export declare class BindingPool {
   /**
    * Starts embedding `texts` with model `model` and returns the call at once: its `result()`
    * resolves with `texts.length × dimension` values, row `i` for text `i`; its `cancel()`
-   * answers it at any time, while its texts are tokenized too. `priority` is `interactive` or
-   * `bulk`; texts not started within `timeoutMs` are not run. `onProgress` is told how many
-   * texts are done every `progressEvery` texts (not for the last one: `result()` says that).
+   * answers it at any time, while its texts are tokenized too. `onProgress` is told how many
+   * texts are done every `options.progressEvery` texts (not for the last one: `result()` says
+   * that).
    */
-  embed(model: number, texts: Array<string>, priority: BindingPriority, timeoutMs?: number | undefined | null, progressEvery?: number | undefined | null, onProgress?: ProgressCallback | undefined | null): BindingCall
+  embed(model: number, texts: Array<string>, options: BindingCallOptions, onProgress?: ProgressCallback | undefined | null): BindingCall
   /**
    * Loads model `model` on `workers` (every worker it may use when absent); resolves when
    * each has it.
@@ -59,6 +65,18 @@ export declare class BindingPool {
    * `POOL_CLOSED`. Resolves once every worker thread has exited.
    */
   close(drain: boolean): Promise<void>
+}
+
+/** The options of one `embed` call, already validated by the TypeScript layer. */
+export interface BindingCallOptions {
+  /** Its queue class. */
+  priority: BindingPriority
+  /** Texts not started within this many milliseconds are not run. */
+  timeoutMs?: number
+  /** Texts between two progress reports (1 when absent). */
+  progressEvery?: number
+  /** Keep each text's token count for the call's `tokenCounts()`. */
+  countTokens: boolean
 }
 
 /** An error as data, as an event carries it: `fromNative` takes it as it takes a thrown one. */

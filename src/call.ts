@@ -8,9 +8,18 @@ import type { Call } from './options.js'
 /** Texts between two `onProgress` reports of one call. */
 const PROGRESS_PART = 256
 
+/** What one call gives back. */
+export interface Embedded {
+  /** One vector per text, in input order: views into one buffer. */
+  embeddings: Float32Array[]
+  /** Each text's token count, when the call counted them. */
+  tokenCounts: Uint32Array | undefined
+}
+
 /**
- * Hands `call` to the native pool and waits for its rows; the call's promise is in `pending`
- * until it settles (a draining close waits for it).
+ * Hands `call` to the native pool and waits for its rows (and, with `countTokens`, each text's
+ * token count, counted by the tokenization the call needs anyway); the call's promise is in
+ * `pending` until it settles (a draining close waits for it).
  *
  * @throws {PoolError} `ABORTED` (the signal was or becomes aborted), `TIMEOUT`, and every code
  * of a native call; or what `onProgress` threw.
@@ -19,9 +28,10 @@ export async function submit(
   pool: BindingPool,
   { model, texts, priority, signal, timeoutMs, onProgress }: Call,
   pending: Set<Promise<unknown>>,
-): Promise<Float32Array[]> {
+  countTokens = false,
+): Promise<Embedded> {
   if (signal?.aborted) throw aborted(signal)
-  if (texts.length === 0) return []
+  if (texts.length === 0) return { embeddings: [], tokenCounts: countTokens ? new Uint32Array(0) : undefined }
   // Progress comes from the native call as its texts complete: the call stays one call,
   // admitted (or refused) as a whole.
   const started = performance.now()
@@ -44,10 +54,13 @@ export async function submit(
   const native = pool.embed(
     model,
     texts as string[],
-    // The binding's string enum has exactly these values.
-    priority as BindingPriority,
-    timeoutMs,
-    onProgress === undefined ? undefined : PROGRESS_PART,
+    {
+      // The binding's string enum has exactly these values.
+      priority: priority as BindingPriority,
+      timeoutMs,
+      progressEvery: onProgress === undefined ? undefined : PROGRESS_PART,
+      countTokens,
+    },
     onProgress === undefined ? undefined : report,
   )
   const result = native.result()
@@ -70,8 +83,13 @@ export async function submit(
   }
   report(texts.length)
   if (progressError !== undefined) throw progressError
-  const d = flat.length / texts.length
-  return Array.from({ length: texts.length }, (_, i) => flat.subarray(i * d, (i + 1) * d))
+  return { embeddings: rows(flat, texts.length), tokenCounts: native.tokenCounts() ?? undefined }
+}
+
+/** `flat` cut into `count` equal rows (views). */
+export function rows(flat: Float32Array, count: number): Float32Array[] {
+  const d = flat.length / count
+  return Array.from({ length: count }, (_, i) => flat.subarray(i * d, (i + 1) * d))
 }
 
 /** The `TIMEOUT` error of a call that did not finish within `timeoutMs`. */

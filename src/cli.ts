@@ -7,6 +7,7 @@ import { text as readAll } from 'node:stream/consumers'
 
 import { MultiBar } from 'cli-progress'
 import { Command, InvalidArgumentError } from 'commander'
+import type { FastifyInstance } from 'fastify'
 
 import type * as Scaleout from './bullmq/index.js'
 import { chunkText } from './chunk.js'
@@ -115,7 +116,7 @@ function collect(value: string, previous: string[]): string[] {
 }
 
 /** `--model name=path` or `--model path` (named "default"), as `Pool.create`'s `models`. */
-function workerModels(given: string[]): Record<string, string | ModelSpec> {
+function namedModels(given: string[]): Record<string, string | ModelSpec> {
   const models: Record<string, string> = {}
   for (const entry of given.length === 0 ? ['default'] : given) {
     const eq = entry.indexOf('=')
@@ -150,7 +151,7 @@ async function loadScaleout(): Promise<typeof Scaleout> {
 async function workerCommand(opts: WorkerOptions): Promise<void> {
   const { serveQueue } = await loadScaleout()
   const pool = await Pool.create({
-    models: workerModels(opts.model),
+    models: namedModels(opts.model),
     devices: opts.devices === 'auto' ? 'auto' : opts.devices.split(',').map((d) => d.trim()),
     cpuWorkers: opts.cpuWorkers,
     maxWaitMs: opts.maxWaitMs,
@@ -195,6 +196,83 @@ async function workerCommand(opts: WorkerOptions): Promise<void> {
   )
 }
 
+interface ServeOptions {
+  model: string[]
+  defaultModel?: string
+  host: string
+  port: number
+  devices: string
+  cpuWorkers?: number
+  maxQueuedItems?: number
+  cache?: number
+  maxItems?: number
+  maxTextLength?: number
+  maxBodyBytes?: number
+  timeoutMs?: number
+  drainTimeoutMs: number
+  log: boolean
+}
+
+function port(value: string): number {
+  const n = Number(value)
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('expected a port from 0 to 65535')
+  return n
+}
+
+async function serveCommand(opts: ServeOptions): Promise<void> {
+  const pool = await Pool.create({
+    models: namedModels(opts.model),
+    defaultModel: opts.defaultModel,
+    devices: opts.devices.split(',').map((d) => d.trim()),
+    cpuWorkers: opts.cpuWorkers,
+    maxQueuedItems: opts.maxQueuedItems,
+    cache: opts.cache === undefined ? false : { maxEntries: opts.cache },
+  })
+  let app: FastifyInstance | undefined
+  let address: string
+  try {
+    // fastify is loaded here, only by this command.
+    const { createServer } = await import('./server.js')
+    app = await createServer(pool, {
+      apiKey: process.env.INFERPOOL_API_KEY || undefined,
+      maxItems: opts.maxItems,
+      maxTextLength: opts.maxTextLength,
+      maxBodyBytes: opts.maxBodyBytes,
+      timeoutMs: opts.timeoutMs,
+      logger: opts.log,
+    })
+    address = await app.listen({ host: opts.host, port: opts.port })
+  } catch (error) {
+    await app?.close()
+    await pool.close()
+    throw error
+  }
+  const server = app
+  const auth = process.env.INFERPOOL_API_KEY ? 'API key required' : 'no API key'
+  process.stderr.write(`inferpool: listening on ${address} (models: ${pool.models.join(', ')}; ${auth})\n`)
+  // SIGTERM or SIGINT: stop taking requests, answer those in flight (their texts drain from
+  // the pool), then exit. Past --drain-timeout-ms, what is still queued fails with 503.
+  const stop = async (signal: string) => {
+    process.stderr.write(`inferpool: ${signal}: draining\n`)
+    const deadline = setTimeout(() => void pool.close({ drain: false }), opts.drainTimeoutMs)
+    try {
+      await server.close()
+      await pool.close()
+    } finally {
+      clearTimeout(deadline)
+    }
+    process.stderr.write('inferpool: stopped\n')
+  }
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(signal, () => {
+      stop(signal).catch((error: unknown) => {
+        process.stderr.write(`inferpool: ${String(error)}\n`)
+        process.exitCode = 1
+      })
+    })
+  }
+}
+
 const program = new Command()
   .name('inferpool')
   .description('Batched embeddings on Rust threads with ONNX Runtime')
@@ -231,6 +309,33 @@ program
   .option('--max-wait-ms <ms>', 'how long a partial batch may wait for more texts', nonNegative)
   .option('--max-queued-items <n>', 'most texts queued in the pool; beyond it jobs go back to the queue', positive)
   .action(workerCommand)
+
+program
+  .command('serve')
+  .description(
+    'serve the pool over HTTP: OpenAI /v1/embeddings, TEI /embed, /v1/models, /info, /health, /metrics ' +
+      '(with INFERPOOL_API_KEY set, requests need Authorization: Bearer <key>)',
+  )
+  .option(
+    '-m, --model <model>',
+    'a model to serve: name=path, or a path (named "default"); repeat for several. Default: the built-in model',
+    collect,
+    [],
+  )
+  .option('--default-model <name>', 'the model used when a request names none')
+  .option('--host <host>', 'interface to listen on', '127.0.0.1')
+  .option('-p, --port <port>', 'port to listen on (0: any free port)', port, 8080)
+  .option('-d, --devices <list>', 'comma-separated devices: cpu, cuda:N, auto', 'cpu')
+  .option('--cpu-workers <n>', 'worker threads on the CPU', positive)
+  .option('--max-queued-items <n>', 'texts queued at most; requests beyond get 429', positive)
+  .option('--cache <entries>', 'cache results of up to this many texts', positive)
+  .option('--max-items <n>', 'most texts per request (default 2048)', positive)
+  .option('--max-text-length <chars>', 'longest text in characters (default 100000)', positive)
+  .option('--max-body-bytes <bytes>', 'largest request body (default 16 MiB)', positive)
+  .option('--timeout-ms <ms>', 'answer 504 to a request not done by then (default 60000)', positive)
+  .option('--drain-timeout-ms <ms>', 'on SIGTERM, how long queued texts may take to drain', positive, 30_000)
+  .option('--log', 'log every request (JSON lines on standard output)', false)
+  .action(serveCommand)
 
 program.parseAsync().catch((error: unknown) => {
   const message = error instanceof PoolError ? `${error.code}: ${error.message}` : String(error)

@@ -1,6 +1,9 @@
 export { Pool } from './pool.js'
 export type {
+  CacheOptions,
+  CacheStatus,
   EmbedOptions,
+  EmbedResult,
   ModelSpec,
   ModelStatus,
   PoolEvent,
@@ -26,3 +29,4 @@ export {
   resolveLibraryPath,
 } from './runtime.js'
 export { chunkText, type ChunkOptions } from './chunk.js'
+export { createServer, type ServerOptions } from './server.js'

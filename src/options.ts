@@ -14,7 +14,16 @@ import {
 } from './devices.js'
 import type { BindingPoolOptions } from './binding.cjs'
 import { PoolError } from './errors.js'
-import type { EmbedOptions, ModelSpec, Pooling, PoolOptions, Priority, Progress, StreamOptions } from './types.js'
+import type {
+  CacheOptions,
+  EmbedOptions,
+  ModelSpec,
+  Pooling,
+  PoolOptions,
+  Priority,
+  Progress,
+  StreamOptions,
+} from './types.js'
 
 /** Most ONNX Runtime intra-op threads per session. */
 const MAX_INTRA_OP_THREADS = 256
@@ -53,9 +62,16 @@ const POOL_KEYS: Record<keyof PoolOptions, true> = {
   pooling: true,
   normalize: true,
   maxLength: true,
+  cache: true,
   ortLibraryPath: true,
   cacheDir: true,
 }
+
+/** The keys of {@link PoolOptions.cache}. */
+const CACHE_KEYS: Record<keyof CacheOptions, true> = { maxEntries: true }
+
+/** Most entries of the result cache (a `Map` holds at most 2^24). */
+const MAX_CACHE_ENTRIES = 1 << 24
 
 /** The keys of a {@link ModelSpec}. */
 const MODEL_KEYS: Record<keyof ModelSpec, true> = {
@@ -137,6 +153,8 @@ export interface ResolvedOptions {
   ortLibraryPath: string | undefined
   /** `cacheDir`, when given. */
   cacheDir: string | undefined
+  /** Entries of the result cache; no cache when absent. */
+  cacheEntries: number | undefined
   /** The rest, as the native pool takes it. */
   scheduler: Omit<BindingPoolOptions, 'models' | 'preload' | 'devices' | 'memoryBudgets'>
 }
@@ -191,6 +209,7 @@ export function resolveOptions(options: PoolOptions, host: Host): ResolvedOption
   const switchDelayMs = integer('modelSwitchDelayMs', options.modelSwitchDelayMs, 0, MAX_INT, 100)
   const ortLibraryPath = pathOption('ortLibraryPath', options.ortLibraryPath)
   const cacheDir = pathOption('cacheDir', options.cacheDir)
+  const cacheEntries = resolveCache(options.cache)
   const { models, defaultModel, preload } = resolveModels(options, devices)
   return {
     models,
@@ -200,6 +219,7 @@ export function resolveOptions(options: PoolOptions, host: Host): ResolvedOption
     memory: { threshold, cpuBytes, gpuBytes },
     ortLibraryPath,
     cacheDir,
+    cacheEntries,
     scheduler: {
       intraOpThreads,
       maxBatchSize,
@@ -214,6 +234,17 @@ export function resolveOptions(options: PoolOptions, host: Host): ResolvedOption
       switchDelayMs,
     },
   }
+}
+
+/**
+ * The result cache's `maxEntries`, or undefined for no cache (`cache` absent or `false`).
+ *
+ * @throws {PoolError} `INVALID_INPUT` for an unknown key or a `maxEntries` out of range.
+ */
+function resolveCache(cache: PoolOptions['cache']): number | undefined {
+  if (cache === undefined || cache === false) return undefined
+  checkKeys(cache, CACHE_KEYS, 'cache')
+  return integer('cache.maxEntries', cache.maxEntries, 1, MAX_CACHE_ENTRIES, 10_000)
 }
 
 /**

@@ -3,12 +3,14 @@ import { availableParallelism, totalmem } from 'node:os'
 import { resolve } from 'node:path'
 
 import type { BindingEvent, BindingModelSpec, BindingPool, BindingPooling } from './binding.cjs'
-import { submit } from './call.js'
+import { ResultCache } from './cache.js'
+import { type Embedded, submit } from './call.js'
 import { cudaDeviceCount, needsGpuMemory, queryGpuMemory, workerBudgets } from './devices.js'
 import { PoolError, fromNative } from './errors.js'
 import { defaultCacheDir, ensureDefaultModel } from './model.js'
 import { native } from './native.js'
 import {
+  type Call,
   type ModelChoice,
   checkCall,
   checkCloseOptions,
@@ -22,6 +24,7 @@ import { type Snapshot, type StatusContext, toMetrics, toStatus } from './status
 import { embedStream } from './stream.js'
 import type {
   EmbedOptions,
+  EmbedResult,
   PoolEvent,
   PoolEventType,
   PoolOptions,
@@ -65,6 +68,8 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
   readonly #devices: string[]
   /** What status and metrics need besides a native snapshot. */
   readonly #context: StatusContext
+  /** The result cache, when the pool has one. */
+  readonly #cache: ResultCache | undefined
 
   /** Width of the default model's embeddings (384 for the built-in model). */
   readonly dimension: number
@@ -81,8 +86,10 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
     models: ModelEntry[],
     defaultModel: number,
     devices: string[],
+    cacheEntries: number | undefined,
   ) {
     super()
+    this.#cache = cacheEntries === undefined ? undefined : new ResultCache(cacheEntries)
     this.#native = binding
     this.#choice = { names: models.map((m) => m.name), defaultModel }
     this.#devices = devices
@@ -149,7 +156,7 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
         path: spec.path,
         maxLength: binding.maxLength(index),
       }))
-      const pool = new Pool(binding, runtime, models, resolved.defaultModel, devices)
+      const pool = new Pool(binding, runtime, models, resolved.defaultModel, devices, resolved.cacheEntries)
       emitter.pool = pool
       // Events of the start (the preloads) reach listeners attached right after `create`.
       setImmediate(() => {
@@ -180,6 +187,11 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
   /** Names of the models, in the order they were given. */
   get models(): string[] {
     return [...this.#choice.names]
+  }
+
+  /** Name of the model `embed` uses without `{ model }`. */
+  get defaultModel(): string {
+    return this.#choice.names[this.#choice.defaultModel]
   }
 
   /** Whether {@link Pool.close} has been called. */
@@ -244,7 +256,7 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
   /** One native read of the counters and one of the histograms, failures as {@link PoolError}. */
   #snapshot(): Snapshot {
     try {
-      return { status: this.#native.status(), histograms: this.#native.metrics() }
+      return { status: this.#native.status(), histograms: this.#native.metrics(), cache: this.#cache?.counts() }
     } catch (error) {
       throw fromNative(error)
     }
@@ -263,7 +275,21 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
    */
   async embed(texts: readonly string[], options: EmbedOptions = {}): Promise<Float32Array[]> {
     checkEmbedOptions(options)
-    return this.#embed(texts, options)
+    return (await this.#embed(texts, options)).embeddings
+  }
+
+  /**
+   * {@link Pool.embed}, and how many tokens each text was: what the model was fed for it
+   * (special tokens included, after truncation), counted by the tokenization the call runs
+   * anyway, for usage reports and billing.
+   *
+   * @throws {PoolError} every code {@link Pool.embed} throws.
+   */
+  async embedWithUsage(texts: readonly string[], options: EmbedOptions = {}): Promise<EmbedResult> {
+    checkEmbedOptions(options)
+    const { embeddings, tokenCounts } = await this.#embed(texts, options, true)
+    if (tokenCounts === undefined) throw new PoolError('INTERNAL', 'the call came back without its token counts')
+    return { embeddings, tokenCounts, totalTokens: tokenCounts.reduce((sum, n) => sum + n, 0) }
   }
 
   /**
@@ -282,14 +308,20 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
   ): AsyncGenerator<StreamItem, void, undefined> {
     return embedStream(source, options, {
       models: this.#choice,
-      embed: (texts, callOptions) => this.#embed(texts, callOptions),
+      embed: async (texts, callOptions) => (await this.#embed(texts, callOptions)).embeddings,
     })
   }
 
-  /** One call of {@link Pool.embed} or of a stream: checked, then handed to the native pool. */
-  async #embed(texts: readonly string[], options: EmbedOptions = {}): Promise<Float32Array[]> {
+  /**
+   * One call of {@link Pool.embed} or of a stream: checked, then answered from the cache where
+   * it can be and handed to the native pool for the rest.
+   */
+  async #embed(texts: readonly string[], options: EmbedOptions, countTokens = false): Promise<Embedded> {
     if (this.#closed) throw new PoolError('POOL_CLOSED', 'the pool is closed')
-    return submit(this.#native, checkCall(texts, options, this.#choice), this.#pending)
+    const call = checkCall(texts, options, this.#choice)
+    if (this.#cache === undefined) return submit(this.#native, call, this.#pending, countTokens)
+    // Cached entries keep their token counts, so the cache counts every text it runs.
+    return this.#cache.embed(call, (part: Call) => submit(this.#native, part, this.#pending, true))
   }
 
   /**

@@ -4,12 +4,14 @@
 import type { BindingModelHistograms, BindingStatus, BindingWorkerStatus } from './binding.cjs'
 import { type Family, type HistogramData, type Labels, exposition, quantile } from './metrics.js'
 import type { RuntimeInfo } from './runtime.js'
-import type { ModelStatus, PoolStatus, WorkerState, WorkerStatus } from './types.js'
+import type { CacheStatus, ModelStatus, PoolStatus, WorkerState, WorkerStatus } from './types.js'
 
-/** One read of the native pool: its counters and state, and its histograms per model. */
+/** One read of the native pool (its counters and state, and its histograms per model) and of
+ * the result cache's counters, when there is one. */
 export interface Snapshot {
   status: BindingStatus
   histograms: BindingModelHistograms[]
+  cache?: CacheStatus
 }
 
 /** What the mapping needs to know of the pool besides the snapshot. */
@@ -87,6 +89,7 @@ export function toStatus(snapshot: Snapshot, context: StatusContext, now = perfo
     models,
     model: { ...context.model },
     runtime: context.runtime,
+    cache: snapshot.cache === undefined ? null : { ...snapshot.cache },
   }
 }
 
@@ -233,5 +236,31 @@ export function toMetrics(snapshot: Snapshot, context: StatusContext, now = perf
       samples: workerHistogram((h) => h.batchSize),
     },
   ]
+  if (snapshot.cache !== undefined) families.push(...cacheFamilies(snapshot.cache))
   return exposition(families)
+}
+
+/** The result cache's counters as metric families. */
+function cacheFamilies(cache: CacheStatus): Family[] {
+  const one = (value: number) => [{ labels: {}, value }]
+  return [
+    {
+      name: 'inferpool_cache_hits_total',
+      help: 'Texts answered without running the model for them (cached, or run by another call).',
+      type: 'counter',
+      samples: one(cache.hits),
+    },
+    {
+      name: 'inferpool_cache_misses_total',
+      help: 'Texts handed to the model.',
+      type: 'counter',
+      samples: one(cache.misses),
+    },
+    {
+      name: 'inferpool_cache_entries',
+      help: 'Texts held by the result cache.',
+      type: 'gauge',
+      samples: one(cache.entries),
+    },
+  ]
 }

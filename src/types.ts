@@ -142,6 +142,20 @@ export interface PoolStatus {
   model: { path: string; dimension: number; maxLength: number }
   /** The ONNX Runtime library in use. */
   runtime: RuntimeInfo
+  /** The result cache's hits, misses and size; `null` without a cache. */
+  cache: CacheStatus | null
+}
+
+/** The result cache in {@link PoolStatus}. */
+export interface CacheStatus {
+  /** Texts answered without running the model for them (cached, or run by another call). */
+  hits: number
+  /** Texts handed to the model. */
+  misses: number
+  /** Texts held now. */
+  entries: number
+  /** Most texts held. */
+  maxEntries: number
 }
 
 /** One model in {@link PoolStatus}. */
@@ -345,4 +359,32 @@ export interface PoolOptions {
   ortLibraryPath?: string
   /** Where the default model is cached. Default: `INFERPOOL_CACHE_DIR` or the user cache folder. */
   cacheDir?: string
+  /**
+   * Keep results in memory: a text embedded before with the same model is answered from the
+   * cache without running the model, and identical texts in calls running at the same time run
+   * once. Off by default (`false`).
+   */
+  cache?: false | CacheOptions
+}
+
+/** Options of the result cache ({@link PoolOptions.cache}). */
+export interface CacheOptions {
+  /**
+   * Most texts kept (least recently used out first), from 1 to 2^24. Each holds its vector
+   * (4 bytes × dimension) and the text itself as its key. Default 10,000.
+   */
+  maxEntries?: number
+}
+
+/** What {@link Pool.embedWithUsage} resolves with. */
+export interface EmbedResult {
+  /** One vector per text, in input order (views into one buffer). */
+  embeddings: Float32Array[]
+  /**
+   * Each text's token count: the tokens the model was fed for it (special tokens included,
+   * after truncation to `maxLength`), counted by the tokenization the call runs anyway.
+   */
+  tokenCounts: Uint32Array
+  /** The sum of `tokenCounts`. */
+  totalTokens: number
 }

@@ -33,6 +33,6 @@ pub use metrics::{HistogramSnapshot, SECONDS_BUCKETS, SIZE_BUCKETS};
 pub use models::{
   Event, EventSink, ModelConfig, ModelFactory, Models, USAGE_HALF_LIFE, UnloadReason,
 };
-pub use request::{Priority, Progress, Reply, SubmitOptions};
+pub use request::{Priority, Progress, Reply, SubmitOptions, TokenCounts};
 pub use scheduler::{Pool, Ticket};
 pub use stats::{ModelStats, PoolStats, WorkerModelStats, WorkerState, WorkerStats};

@@ -10,7 +10,7 @@
 
 use std::{
   sync::{
-    Mutex,
+    Arc, Mutex, OnceLock,
     atomic::{AtomicBool, Ordering},
   },
   time::Instant,
@@ -38,14 +38,23 @@ pub struct SubmitOptions {
   pub deadline: Option<Instant>,
   /// Lets the caller cancel the request from the moment it is submitted, tokenization
   /// included.
-  pub handle: Option<std::sync::Arc<crate::CallHandle>>,
+  pub handle: Option<Arc<crate::CallHandle>>,
   /// Told how many of the request's items are done, every [`Progress::every`] items (and not
   /// for the last one: the reply says that).
   pub progress: Option<Progress>,
   /// Its place in line among waiting requests ([`crate::Pool::next_turn`]); taken when it is
   /// submitted if not given.
   pub turn: Option<u64>,
+  /// Set to each item's token count (what the model is fed: special tokens included, after
+  /// truncation) once the items are tokenized, before any of them is queued; so it is set
+  /// whenever the reply is `Ok` for a non-empty request. Lets a caller report usage without
+  /// tokenizing again.
+  pub token_counts: Option<TokenCounts>,
 }
+
+/// Where [`SubmitOptions::token_counts`] are written: the caller keeps a clone and reads it
+/// after the reply.
+pub type TokenCounts = Arc<OnceLock<Vec<usize>>>;
 
 /// A request's progress report: `report(done)` is called from a worker thread, outside every
 /// lock, each time another `every` items are done.
@@ -54,7 +63,7 @@ pub struct Progress {
   /// Items between two reports (at least 1).
   pub every: usize,
   /// Receives the number of items done.
-  pub report: std::sync::Arc<dyn Fn(usize) + Send + Sync>,
+  pub report: Arc<dyn Fn(usize) + Send + Sync>,
 }
 
 impl std::fmt::Debug for Progress {

@@ -207,3 +207,16 @@ fn progress_is_reported_every_n_items_of_one_request() {
   assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap(), expected(&texts));
   assert_eq!(*seen.lock().unwrap(), vec![3, 6, 9], "the last item is told by the answer");
 }
+
+#[test]
+fn reports_token_counts_of_the_items_it_ran() {
+  let pool = pool(2, sim());
+  let texts: Vec<String> = vec!["a".to_owned(), "four".to_owned(), String::new(), "x".repeat(70)];
+  let counts = inferpool_core::TokenCounts::default();
+  let options =
+    SubmitOptions { token_counts: Some(Arc::clone(&counts)), ..SubmitOptions::default() };
+  let (_, rx) = submit(&pool, &texts, options).unwrap();
+  assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap().unwrap(), expected(&texts));
+  // The simulated tokenizer gives one token per byte, and one for an empty text.
+  assert_eq!(counts.get(), Some(&vec![1, 4, 1, 70]));
+}

@@ -5,15 +5,18 @@ use std::{
   sync::{Arc, Mutex, PoisonError},
 };
 
-use inferpool_core::{CallHandle, Pool, PoolError, SubmitOptions};
+use inferpool_core::{CallHandle, Pool, PoolError, SubmitOptions, TokenCounts};
 use napi::{
   Env,
-  bindgen_prelude::{Float32Array, PromiseRaw},
+  bindgen_prelude::{Float32Array, PromiseRaw, Uint32Array},
 };
 use napi_derive::napi;
 use tokio::sync::oneshot;
 
-use crate::errors::{BindingErrorCode, Result, coded, pool_error, promise};
+use crate::{
+  errors::{BindingErrorCode, Result, coded, pool_error, promise},
+  numbers::index,
+};
 
 /// What a call is answered with.
 type Outcome = std::result::Result<Vec<f32>, PoolError>;
@@ -27,6 +30,8 @@ pub struct BindingCall {
   handle: Arc<CallHandle>,
   /// Where the answer arrives; taken by the first `result()`.
   answer: Mutex<Option<oneshot::Receiver<Outcome>>>,
+  /// Each text's token count, when the call was asked to count them.
+  token_counts: Option<TokenCounts>,
 }
 
 /// Sends `outcome` through `sender` unless an answer went through it already.
@@ -50,6 +55,7 @@ impl BindingCall {
     options: SubmitOptions,
   ) -> Self {
     let handle = Arc::new(CallHandle::new());
+    let token_counts = options.token_counts.clone();
     let options = SubmitOptions { handle: Some(Arc::clone(&handle)), ..options };
     let (tx, rx) = oneshot::channel();
     let sender = Arc::new(Mutex::new(Some(tx)));
@@ -63,7 +69,7 @@ impl BindingCall {
         answer(&sender, Err(error));
       }
     });
-    Self { handle, answer: Mutex::new(Some(rx)) }
+    Self { handle, answer: Mutex::new(Some(rx)), token_counts }
   }
 }
 
@@ -80,6 +86,16 @@ impl BindingCall {
       let lost = |_| coded(BindingErrorCode::Internal, "a call was dropped without an answer");
       answer.await.map_err(lost)?.map(Float32Array::new).map_err(|e| pool_error(&e))
     })
+  }
+
+  /// Each text's token count (what the model was fed: special tokens included, after
+  /// truncation) once `result()` has resolved, when the call was made with `countTokens`;
+  /// `null` before that, or without it.
+  #[napi]
+  #[must_use]
+  pub fn token_counts(&self) -> Option<Uint32Array> {
+    let counts = self.token_counts.as_ref()?.get()?;
+    Some(Uint32Array::new(counts.iter().map(|&n| index(n)).collect()))
   }
 
   /// Answers the call with `TIMEOUT` when `timedOut`, else with `ABORTED`, unless it has been

@@ -1,5 +1,6 @@
 //! `BindingPoolOptions` and `BindingModelSpec`: the options of `createPool`, already validated
-//! and resolved by the TypeScript layer, and their conversion to an [`PoolSpec`].
+//! and resolved by the TypeScript layer, and their conversion to an [`PoolSpec`];
+//! `BindingCallOptions`: the options of one `embed` call.
 
 use std::time::Duration;
 
@@ -10,7 +11,22 @@ use crate::{
   enums::BindingPooling,
   errors::{BindingErrorCode, Result, coded},
   numbers::saturating_u64,
+  priority::BindingPriority,
 };
+
+/// The options of one `embed` call, already validated by the TypeScript layer.
+#[napi(object)]
+#[derive(Clone, Copy, Debug)]
+pub struct BindingCallOptions {
+  /// Its queue class.
+  pub priority: BindingPriority,
+  /// Texts not started within this many milliseconds are not run.
+  pub timeout_ms: Option<u32>,
+  /// Texts between two progress reports (1 when absent).
+  pub progress_every: Option<u32>,
+  /// Keep each text's token count for the call's `tokenCounts()`.
+  pub count_tokens: bool,
+}
 
 /// One model of `createPool`, already validated and resolved by the TypeScript layer.
 #[napi(object)]

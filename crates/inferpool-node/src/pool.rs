@@ -6,7 +6,7 @@ use std::{
   time::{Duration, Instant},
 };
 
-use inferpool_core::{CloseMode, Pool, Progress, SubmitOptions};
+use inferpool_core::{CloseMode, Pool, Progress, SubmitOptions, TokenCounts};
 use inferpool_ort::{PoolSpec, WorkerDevices, build_pool};
 use napi::{
   Env, Status,
@@ -21,8 +21,7 @@ use crate::{
   events::{EventCallback, event_sink},
   metrics::BindingModelHistograms,
   numbers::index,
-  options::BindingPoolOptions,
-  priority::BindingPriority,
+  options::{BindingCallOptions, BindingPoolOptions},
   status::BindingStatus,
 };
 
@@ -82,33 +81,32 @@ impl BindingPool {
 
   /// Starts embedding `texts` with model `model` and returns the call at once: its `result()`
   /// resolves with `texts.length × dimension` values, row `i` for text `i`; its `cancel()`
-  /// answers it at any time, while its texts are tokenized too. `priority` is `interactive` or
-  /// `bulk`; texts not started within `timeoutMs` are not run. `onProgress` is told how many
-  /// texts are done every `progressEvery` texts (not for the last one: `result()` says that).
+  /// answers it at any time, while its texts are tokenized too. `onProgress` is told how many
+  /// texts are done every `options.progressEvery` texts (not for the last one: `result()` says
+  /// that).
   #[napi]
   pub fn embed(
     &self,
     model: u32,
     texts: Vec<String>,
-    priority: BindingPriority,
-    timeout_ms: Option<u32>,
-    progress_every: Option<u32>,
+    options: BindingCallOptions,
     on_progress: Option<ProgressCallback>,
   ) -> Result<BindingCall> {
     let progress = on_progress.map(|callback| Progress {
-      every: progress_every.unwrap_or(1).max(1) as usize,
+      every: options.progress_every.unwrap_or(1).max(1) as usize,
       report: Arc::new(move |done| {
         let _ = callback.call(index(done), ThreadsafeFunctionCallMode::NonBlocking);
       }),
     });
     let options = SubmitOptions {
-      priority: priority.into(),
-      deadline: timeout_ms.map(|ms| Instant::now() + Duration::from_millis(u64::from(ms))),
+      priority: options.priority.into(),
+      deadline: options.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(u64::from(ms))),
       handle: None,
       progress,
       // Taken here, on the caller's thread: calls waiting for room keep the order they were
       // made in, whichever is tokenized first.
       turn: Some(self.inner.next_turn()),
+      token_counts: options.count_tokens.then(TokenCounts::default),
     };
     Ok(BindingCall::submit(Arc::clone(&self.inner), model as usize, texts, options))
   }

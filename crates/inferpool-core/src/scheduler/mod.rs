@@ -51,7 +51,7 @@ use crossbeam_deque::Worker;
 
 use crate::{
   BackendError, BackendErrorKind, BackendFactory, CloseMode, ModelConfig, Models, PoolConfig,
-  PoolError, PoolStats, Reply, SubmitOptions, Tokenize,
+  PoolError, PoolStats, Reply, SubmitOptions, Tokenize, TokenizedText,
   batch::{Outstanding, Queued, queue::Queues},
   metrics::PoolHistograms,
   request::Request,
@@ -284,7 +284,7 @@ impl Pool {
       // Its items have left: a waiting request may fit now.
       registry_for_reply.admit_waiting();
     });
-    let SubmitOptions { priority, deadline, handle, progress, turn } = options;
+    let SubmitOptions { priority, deadline, handle, progress, turn, token_counts } = options;
     let request = Arc::new(Request::new(texts.len(), model, priority, deadline, progress, reply));
     if let Some(Err(error)) = handle.map(|h| h.attach(&request)) {
       // Cancelled before it was submitted: the error is the answer, given here.
@@ -352,6 +352,10 @@ impl Pool {
       }
     };
     shared.histograms.tokenize.record_duration(tokenizing.elapsed());
+    if let Some(counts) = token_counts {
+      // Set once, here, by the only submit of this request.
+      let _ = counts.set(encoded.iter().map(TokenizedText::len).collect());
+    }
     if wait {
       registry.admission.enqueue(Waiting { turn, request, model, items: encoded });
       registry.admit_waiting();
