@@ -136,17 +136,24 @@ describe('the main entry without the optional packages', () => {
       const cjs = require('inferpool')
       import('inferpool').then(async (esm) => {
         const langchain = await import('inferpool/langchain').then(() => 'loaded', (e) => e.code + ' ' + e.message)
+        const server = await import('inferpool/server')
+        const pool = await esm.Pool.create({ model: ${JSON.stringify(TINY_BERT)}, cpuWorkers: 1 })
+        const serve = await server.createServer(pool).then(() => 'served', (e) => e.code + ' ' + e.message)
+        await pool.close()
         console.log(JSON.stringify({
-          cjs: typeof cjs.Pool + ' ' + typeof cjs.createServer,
-          esm: typeof esm.Pool + ' ' + typeof esm.createServer,
+          cjs: typeof cjs.Pool,
+          esm: typeof esm.Pool,
           asked: globalThis.__asked,
           langchain,
+          serve,
         }))
       })
     `)
     const result = JSON.parse(stdout)
-    expect(result.cjs).toBe('function function')
-    expect(result.esm).toBe('function function')
+    expect(result.cjs).toBe('function')
+    expect(result.esm).toBe('function')
+    // The server is a subpath of its own; without its peer fastify it says what to install.
+    expect(result.serve).toMatch(/^INVALID_INPUT .*npm install fastify@/)
     expect(result.asked).toEqual([])
     // The adapter itself needs its framework, and says so.
     expect(result.langchain).toMatch(/^ERR_MODULE_NOT_FOUND blocked @langchain\/core\/embeddings/)

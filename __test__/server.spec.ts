@@ -6,7 +6,8 @@ import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { errorBody, toHttpError } from '../src/api.js'
-import { Pool, PoolError, type PoolErrorCode, createServer } from '../src/index.js'
+import { Pool, PoolError, type PoolErrorCode } from '../src/index.js'
+import { createServer } from '../src/server.js'
 import { TINY_BERT, TINY_BERT_WIDE } from './helpers.js'
 
 const KEY = 'test-key-0123456789'

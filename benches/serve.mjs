@@ -14,7 +14,8 @@ import { parseArgs } from 'node:util'
 
 import autocannon from 'autocannon'
 
-import { Pool, createServer } from '../dist/index.js'
+import { Pool } from '../dist/index.js'
+import { createServer } from '../dist/server.js'
 import { buildCorpus } from './lib/corpus.mjs'
 import { machine } from './lib/report.mjs'
 import { percentile } from './lib/stats.mjs'

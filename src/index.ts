@@ -29,4 +29,3 @@ export {
   resolveLibraryPath,
 } from './runtime.js'
 export { chunkText, type ChunkOptions } from './chunk.js'
-export { createServer, type ServerOptions } from './server.js'

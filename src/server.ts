@@ -26,6 +26,7 @@ import {
   toHttpError,
   unit,
 } from './api.js'
+import { PoolError } from './errors.js'
 import { type Family, exposition } from './metrics.js'
 import type { Pool } from './pool.js'
 import type { Priority } from './types.js'
@@ -37,6 +38,26 @@ const OPEN_ROUTES: ReadonlySet<string> = new Set(['/health'])
 
 /** Content type of the Prometheus text format. */
 const PROMETHEUS = 'text/plain; version=0.0.4; charset=utf-8'
+
+/** The fastify versions the server is written for (the optional peer dependency's range). */
+const FASTIFY_RANGE = '^5.12.8'
+
+/** fastify, an optional peer dependency: only the server needs it. */
+async function loadFastify(): Promise<typeof import('fastify').default> {
+  try {
+    return (await import('fastify')).default
+  } catch (error) {
+    const code = (error as { code?: string }).code
+    if ((code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') && /fastify/.test(String(error))) {
+      throw new PoolError(
+        'INVALID_INPUT',
+        `the HTTP server needs fastify, an optional peer dependency of inferpool: npm install fastify@${FASTIFY_RANGE}`,
+        { cause: error },
+      )
+    }
+    throw error
+  }
+}
 
 /**
  * A fastify server for `pool` (not listening yet: `await server.listen({ port })`, which binds
@@ -54,7 +75,7 @@ const PROMETHEUS = 'text/plain; version=0.0.4; charset=utf-8'
  */
 export async function createServer(pool: Pool, options: ServerOptions = {}): Promise<FastifyInstance> {
   const settings = serverSettings(options)
-  const { default: fastify } = await import('fastify')
+  const fastify = await loadFastify()
   const app = fastify({
     bodyLimit: settings.maxBodyBytes,
     logger: settings.logger,
