@@ -132,9 +132,17 @@ describe('the OpenAI-compatible server, through the openai client', () => {
   })
 
   it('refuses malformed TEI requests with 422 in TEI shape', async () => {
-    for (const body of [{ inputs: 5 }, { input: 'x' }, { inputs: 'x', truncation_direction: 'Left' }, '{"inputs":']) {
+    const bodies = [
+      { inputs: 5 },
+      { input: 'x' },
+      { inputs: 'x', truncation_direction: 'Left' },
+      '{"inputs":',
+      // The pool's model normalizes: raw vectors cannot be given.
+      { inputs: 'x', normalize: false },
+    ]
+    for (const body of bodies) {
       const response = await post(`${base}/embed`, body)
-      expect(response.status).toBe(422)
+      expect(response.status, JSON.stringify(body)).toBe(422)
       const error = (await response.json()) as { error: string; error_type: string }
       expect(error.error_type).toBe('validation')
       expect(error.error.length).toBeGreaterThan(0)

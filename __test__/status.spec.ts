@@ -105,8 +105,8 @@ const snapshot: Snapshot = {
 
 const context: StatusContext = {
   models: [
-    { name: 'a', path: '/models/a' },
-    { name: 'b', path: '/models/b' },
+    { name: 'a', path: '/models/a', pooling: 'mean', normalize: true },
+    { name: 'b', path: '/models/b', pooling: 'cls', normalize: false },
   ],
   started: 0,
   model: { path: '/models/a', dimension: 384, maxLength: 128 },
@@ -148,11 +148,20 @@ describe('toStatus', () => {
   it('maps each model by name, with its latency from the histogram', () => {
     expect(status.models.a).toMatchObject({
       path: '/models/a',
+      pooling: 'mean',
+      normalize: true,
       dimension: null,
       queued: 2,
       latencyMs: { p50: null, p99: null },
     })
-    expect(status.models.b).toMatchObject({ path: '/models/b', dimension: 8, queued: 0, loadedOn: [0, 1] })
+    expect(status.models.b).toMatchObject({
+      path: '/models/b',
+      pooling: 'cls',
+      normalize: false,
+      dimension: 8,
+      queued: 0,
+      loadedOn: [0, 1],
+    })
     expect(status.models.b.latencyMs.p50).toBeCloseTo(10)
     expect(status.models.b.latencyMs.p99).toBeCloseTo(98.2)
   })

@@ -31,6 +31,7 @@ import type {
   PoolStatus,
   StreamItem,
   StreamOptions,
+  Pooling,
 } from './types.js'
 
 /** What a pool keeps of a model. */
@@ -38,6 +39,8 @@ interface ModelEntry {
   name: string
   path: string
   maxLength: number
+  pooling: Pooling
+  normalize: boolean
 }
 
 const asyncDispose: typeof Symbol.asyncDispose =
@@ -155,6 +158,8 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
         name: spec.name,
         path: spec.path,
         maxLength: binding.maxLength(index),
+        pooling: spec.pooling as Pooling,
+        normalize: spec.normalize,
       }))
       const pool = new Pool(binding, runtime, models, resolved.defaultModel, devices, resolved.cacheEntries)
       emitter.pool = pool

@@ -177,6 +177,14 @@ export async function createServer(pool: Pool, options: ServerOptions = {}): Pro
   const tei = async (request: FastifyRequest<{ Body: TeiRequest }>, reply: FastifyReply) => {
     const body = request.body
     checkTeiOptions(body)
+    if (body.normalize === false && pool.status().models[pool.defaultModel].normalize) {
+      // Its vectors are scaled to unit length inside the pool: the raw ones are not there to give.
+      throw new HttpError(
+        422,
+        `normalize: false is not supported: the model "${pool.defaultModel}" normalizes its vectors (create the pool with normalize: false for raw ones)`,
+        { param: 'normalize' },
+      )
+    }
     const result = await embed(reply, texts(body.inputs, 'inputs', settings), pool.defaultModel)
     return result.embeddings.map((full) => {
       const row = shorten(full, body.dimensions)

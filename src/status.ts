@@ -16,8 +16,8 @@ export interface Snapshot {
 
 /** What the mapping needs to know of the pool besides the snapshot. */
 export interface StatusContext {
-  /** Name and path of each model, by index. */
-  models: readonly { name: string; path: string }[]
+  /** Name, path and output settings of each model, by index. */
+  models: readonly { name: string; path: string; pooling: ModelStatus['pooling']; normalize: boolean }[]
   /** `performance.now()` when the pool started, for rates and utilisation. */
   started: number
   /** The default model. */
@@ -63,6 +63,8 @@ export function toStatus(snapshot: Snapshot, context: StatusContext, now = perfo
     }
     models[m.name] = {
       path: context.models[index].path,
+      pooling: context.models[index].pooling,
+      normalize: context.models[index].normalize,
       dimension: m.dimension ?? null,
       maxLength: m.maxLength,
       priority: m.priority,

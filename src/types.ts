@@ -162,6 +162,10 @@ export interface CacheStatus {
 export interface ModelStatus {
   /** Its ONNX file or folder. */
   path: string
+  /** How token states become one vector. */
+  pooling: Pooling
+  /** Whether its vectors are scaled to unit length. */
+  normalize: boolean
   /** Width of its embeddings; `null` until it has been loaded once. */
   dimension: number | null
   /** Longest token sequence fed to it. */
