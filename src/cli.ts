@@ -314,7 +314,7 @@ program
   .command('serve')
   .description(
     'serve the pool over HTTP: OpenAI /v1/embeddings, TEI /embed, /v1/models, /info, /health, /metrics ' +
-      '(with INFERPOOL_API_KEY set, requests need Authorization: Bearer <key>)',
+      '(needs fastify; with INFERPOOL_API_KEY set, requests need Authorization: Bearer <key>)',
   )
   .option(
     '-m, --model <model>',
