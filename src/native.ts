@@ -34,11 +34,17 @@ export function native(): NativeBinding {
   return binding
 }
 
+let linuxLibc: 'glibc' | 'musl' | undefined
+
 /** `glibc` or `musl` on Linux, from the process report; `undefined` elsewhere. */
 export function libc(): 'glibc' | 'musl' | undefined {
   if (process.platform !== 'linux') return undefined
-  const header = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } })?.header
-  return header?.glibcVersionRuntime ? 'glibc' : 'musl'
+  // A process report walks the whole process; the C library does not change, so it is read once.
+  if (!linuxLibc) {
+    const header = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } })?.header
+    linuxLibc = header?.glibcVersionRuntime ? 'glibc' : 'musl'
+  }
+  return linuxLibc
 }
 
 /** This platform's key in {@link PLATFORM_PACKAGES}. */
@@ -54,7 +60,8 @@ export function missingBinding(cause: unknown): PoolError {
   const supported = Object.values(PLATFORM_PACKAGES)
     .map((p) => `inferpool-${p}`)
     .join(', ')
-  const where = `${process.platform} ${process.arch}${libc() ? ` (${libc()})` : ''}, Node.js ${process.version}`
+  const c = libc()
+  const where = `${process.platform} ${process.arch}${c ? ` (${c})` : ''}, Node.js ${process.version}`
   const looked = suffix
     ? `It looked for the package inferpool-${suffix}, which npm installs as an optional dependency of inferpool.`
     : 'No prebuilt addon exists for this platform.'

@@ -83,11 +83,8 @@ export function bundledLibraryPath(): string | undefined {
  */
 export function resolveLibrary(option?: string): { path: string; source: RuntimeSource } {
   const env = process.env.ORT_DYLIB_PATH || undefined
-  const found: [string | undefined, RuntimeSource][] = [
-    [option, 'option'],
-    [env, 'env'],
-  ]
-  for (const [path, source] of found) if (path) return { path: isAbsolute(path) ? path : resolve(path), source }
+  const given = option || env
+  if (given) return { path: isAbsolute(given) ? given : resolve(given), source: option ? 'option' : 'env' }
   const fromPackage = onnxruntimeNodeLibraryPath()
   if (fromPackage) return { path: fromPackage, source: 'onnxruntime-node' }
   const bundled = bundledLibraryPath()
