@@ -1,6 +1,6 @@
 //! The seams between the pool and a model runtime.
 
-use crate::BackendError;
+use crate::{BackendError, Seq2Seq};
 
 /// One text after tokenization. Its length is what the batch policy reasons about.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,6 +47,13 @@ pub trait Backend: Send + 'static {
   /// any other.
   fn run_alone(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<bool, BackendError> {
     self.run(batch, out).map(|()| false)
+  }
+
+  /// The encoder-decoder side of a backend of a seq2seq model ([`crate::ModelKind::Seq2Seq`]):
+  /// such a model's batches are encoded and decoded there, never [`Backend::run`]. `None`
+  /// (the default) for an embedding model.
+  fn seq2seq(&mut self) -> Option<&mut dyn Seq2Seq> {
+    None
   }
 }
 

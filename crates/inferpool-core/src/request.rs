@@ -88,6 +88,9 @@ pub(crate) struct Request {
   pub(crate) deadline: Option<Instant>,
   /// Where progress goes, if anywhere.
   progress: Option<Progress>,
+  /// For a generation request, one per item: how it is decoded, where its tokens go (its rows
+  /// are then empty: the sinks carry the results).
+  pub(crate) sequences: Vec<crate::Sequence>,
   /// Set once the reply has been taken; lets workers skip dead items cheaply.
   finished: AtomicBool,
   /// Rows written so far and the reply, under one lock.
@@ -125,9 +128,16 @@ impl Request {
       priority,
       deadline,
       progress,
+      sequences: Vec::new(),
       finished: AtomicBool::new(false),
       state: Mutex::new(State { data: Vec::new(), remaining: items, reply: Some(reply) }),
     }
+  }
+
+  /// The request of a generation call: one sequence per item.
+  pub(crate) fn with_sequences(mut self, sequences: Vec<crate::Sequence>) -> Self {
+    self.sequences = sequences;
+    self
   }
 
   /// Whether the request has already been answered.

@@ -148,3 +148,122 @@ impl Backend for SimBackend {
     self.run(batch, out).map(|()| self.spreads)
   }
 }
+
+/// A simulated encoder-decoder: row `i` generates [`expected_tokens`] of its prompt, one per
+/// step, then EOS. Each step checks that every row was fed the token it generated last, so a
+/// cohort whose rows got out of line (a wrong `retain`) fails loudly. A prompt containing
+/// `fail` fails the step that would generate its third token.
+#[derive(Clone, Debug, Default)]
+pub struct SimSeq2Seq {
+  /// Cost of one decoder step.
+  pub per_step: Duration,
+  /// Cost of encoding one prompt.
+  pub per_prompt: Duration,
+}
+
+/// Vocabulary of [`SimSeq2Seq`]; token 0 starts decoding, token 1 is EOS.
+pub const SIM_VOCABULARY: usize = 64;
+
+/// The tokens [`SimSeq2Seq`] generates for `prompt` before its EOS: between 3 and 15 (10,000
+/// when the prompt contains `long`), each derived from the prompt's bytes and its position.
+#[must_use]
+pub fn expected_tokens(prompt: &str) -> Vec<u32> {
+  let sum: u32 = prompt.bytes().map(u32::from).sum();
+  let count = if prompt.contains("long") { 10_000 } else { 3 + sum % 13 };
+  (0..count).map(|j| 2 + (sum + 7 * j) % 60).collect()
+}
+
+struct SimRows {
+  rows: Vec<(Vec<u32>, usize, bool)>,
+}
+
+impl crate::DecodeState for SimRows {
+  fn retain(&mut self, keep: &[usize]) -> Result<(), BackendError> {
+    self.rows = keep.iter().map(|&i| self.rows[i].clone()).collect();
+    Ok(())
+  }
+
+  fn cache_bytes(&self) -> u64 {
+    self.rows.iter().map(|(_, steps, _)| *steps as u64 * 8).sum()
+  }
+}
+
+impl Backend for SimSeq2Seq {
+  fn dimension(&self) -> usize {
+    0
+  }
+
+  fn run(&mut self, _: &[&TokenizedText], _: &mut [f32]) -> Result<(), BackendError> {
+    Err(BackendError::new(BackendErrorKind::Model, "a seq2seq model does not embed"))
+  }
+
+  fn seq2seq(&mut self) -> Option<&mut dyn crate::Seq2Seq> {
+    Some(self)
+  }
+}
+
+impl crate::Seq2Seq for SimSeq2Seq {
+  fn decoder_start(&self) -> u32 {
+    0
+  }
+
+  fn eos(&self) -> u32 {
+    1
+  }
+
+  fn cache_bytes_per_token(&self) -> u64 {
+    8
+  }
+
+  fn encode(
+    &mut self,
+    batch: &[&TokenizedText],
+  ) -> Result<Box<dyn crate::DecodeState>, BackendError> {
+    std::thread::sleep(self.per_prompt * u32::try_from(batch.len()).unwrap_or(u32::MAX));
+    let rows = batch
+      .iter()
+      .map(|item| {
+        let prompt: String =
+          item.ids.iter().map(|&b| char::from(u8::try_from(b).unwrap_or(b'?'))).collect();
+        let fails = prompt.contains("fail");
+        (expected_tokens(&prompt), 0, fails)
+      })
+      .collect();
+    Ok(Box::new(SimRows { rows }))
+  }
+
+  fn step(
+    &mut self,
+    state: &mut dyn crate::DecodeState,
+    tokens: &[u32],
+    logits: &mut Vec<f32>,
+  ) -> Result<usize, BackendError> {
+    let state: &mut dyn std::any::Any = state;
+    let state = state
+      .downcast_mut::<SimRows>()
+      .ok_or_else(|| BackendError::new(BackendErrorKind::Run, "not a state of this backend"))?;
+    if !self.per_step.is_zero() {
+      std::thread::sleep(self.per_step);
+    }
+    logits.clear();
+    logits.resize(tokens.len() * SIM_VOCABULARY, 0.0);
+    for (((expected, steps, fails), &fed), row) in
+      state.rows.iter_mut().zip(tokens).zip(logits.chunks_exact_mut(SIM_VOCABULARY))
+    {
+      let previous = if *steps == 0 { 0 } else { expected[*steps - 1] };
+      if fed != previous {
+        return Err(BackendError::new(
+          BackendErrorKind::Run,
+          format!("a row was fed {fed} at step {steps}, expected {previous}"),
+        ));
+      }
+      if *fails && *steps == 2 {
+        return Err(BackendError::new(BackendErrorKind::Run, "simulated step failure"));
+      }
+      let next = expected.get(*steps).copied().unwrap_or(1);
+      row[next as usize] = 10.0;
+      *steps += 1;
+    }
+    Ok(SIM_VOCABULARY)
+  }
+}

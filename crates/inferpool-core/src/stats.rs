@@ -124,6 +124,29 @@ pub struct ModelStats {
   pub tokenize: HistogramSnapshot,
   /// Per request: `submit` to its answer, seconds.
   pub end_to_end: HistogramSnapshot,
+  /// What it does.
+  pub kind: crate::ModelKind,
+  /// Its generation counters (a seq2seq model's; `None` for an embedding model).
+  pub generation: Option<GenerationStats>,
+}
+
+/// A seq2seq model's decoding now and since the start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationStats {
+  /// Cohorts decoding now, over every worker.
+  pub cohorts: usize,
+  /// Rows (prompts) decoding now.
+  pub rows: usize,
+  /// Tokens generated since the start (EOS excluded).
+  pub tokens: u64,
+  /// Decoder steps run since the start.
+  pub steps: u64,
+  /// Tokens per second lately (a rate that halves every 2 s without new tokens).
+  pub tokens_per_second: f64,
+  /// Per row: admission to its first token, seconds.
+  pub first_token: HistogramSnapshot,
+  /// Per token after a row's first: the time since its previous token, seconds.
+  pub per_token: HistogramSnapshot,
 }
 
 impl ModelStats {
@@ -232,6 +255,19 @@ impl Registry {
         queue_wait: m.histograms.queue_wait.snapshot(),
         tokenize: m.histograms.tokenize.snapshot(),
         end_to_end: m.histograms.end_to_end.snapshot(),
+        kind: m.config.kind,
+        generation: (m.config.kind == crate::ModelKind::Seq2Seq).then(|| {
+          let g = &m.generation;
+          GenerationStats {
+            cohorts: g.cohorts.load(Ordering::Relaxed),
+            rows: g.rows.load(Ordering::Relaxed),
+            tokens: g.tokens.load(Ordering::Relaxed),
+            steps: g.steps.load(Ordering::Relaxed),
+            tokens_per_second: g.rate(std::time::Instant::now()),
+            first_token: g.first_token.snapshot(),
+            per_token: g.per_token.snapshot(),
+          }
+        }),
       })
       .collect();
     PoolStats {

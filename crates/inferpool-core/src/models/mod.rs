@@ -38,6 +38,20 @@ pub struct ModelConfig {
   pub workers: Option<Vec<usize>>,
   /// Estimated memory of one loaded copy, bytes (counted against the worker's budget).
   pub memory: u64,
+  /// What it does: embed texts ([`crate::Pool::submit_to`]) or generate text
+  /// ([`crate::Pool::generate`]).
+  pub kind: ModelKind,
+}
+
+/// What a model does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ModelKind {
+  /// One vector per text.
+  #[default]
+  Embedding,
+  /// An encoder-decoder that generates text from a prompt, in cohorts
+  /// ([`crate::generation`]).
+  Seq2Seq,
 }
 
 impl std::fmt::Debug for ModelConfig {
@@ -47,6 +61,7 @@ impl std::fmt::Debug for ModelConfig {
       .field("priority", &self.priority)
       .field("workers", &self.workers)
       .field("memory", &self.memory)
+      .field("kind", &self.kind)
       .finish_non_exhaustive()
   }
 }
@@ -54,7 +69,14 @@ impl std::fmt::Debug for ModelConfig {
 impl ModelConfig {
   /// A model every worker may load, priority 0, no memory estimate.
   pub fn new(name: impl Into<String>, tokenizer: Arc<dyn Tokenize>) -> Self {
-    Self { name: name.into(), tokenizer, priority: 0, workers: None, memory: 0 }
+    Self {
+      name: name.into(),
+      tokenizer,
+      priority: 0,
+      workers: None,
+      memory: 0,
+      kind: ModelKind::Embedding,
+    }
   }
 
   pub(crate) fn allows(&self, worker: usize) -> bool {
@@ -149,22 +171,36 @@ impl std::fmt::Debug for Models {
   }
 }
 
-/// A model's usage score: a count of items that halves every [`USAGE_HALF_LIFE`].
+/// A decaying count: it halves every `half_life`, so both recent and frequent use weigh. A
+/// model's usage score (items, [`USAGE_HALF_LIFE`]) and a generation model's recent tokens.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Usage {
   score: f64,
   at: Instant,
+  half_life: Duration,
 }
 
 impl Usage {
+  /// A usage score that halves every [`USAGE_HALF_LIFE`].
   pub(crate) fn new(now: Instant) -> Self {
-    Self { score: 0.0, at: now }
+    Self::decaying(now, USAGE_HALF_LIFE)
+  }
+
+  /// A count that halves every `half_life`.
+  pub(crate) fn decaying(now: Instant, half_life: Duration) -> Self {
+    Self { score: 0.0, at: now, half_life }
   }
 
   /// The score at `now`.
   pub(crate) fn score(&self, now: Instant) -> f64 {
     let age = now.saturating_duration_since(self.at).as_secs_f64();
-    self.score * (-age / USAGE_HALF_LIFE.as_secs_f64()).exp2()
+    self.score * (-age / self.half_life.as_secs_f64()).exp2()
+  }
+
+  /// The rate the score stands for at `now`, per second: what a steady rate `r` settles the
+  /// score to is `r × half_life / ln 2`.
+  pub(crate) fn rate(&self, now: Instant) -> f64 {
+    self.score(now) * std::f64::consts::LN_2 / self.half_life.as_secs_f64()
   }
 
   /// Counts `items` uses at `now`.
@@ -189,5 +225,17 @@ mod tests {
     assert!((usage.score(start + USAGE_HALF_LIFE) - 4.0).abs() < 1e-9);
     usage.add(1, start + USAGE_HALF_LIFE);
     assert!((usage.score(start + USAGE_HALF_LIFE * 2) - 2.5).abs() < 1e-9);
+  }
+
+  #[test]
+  fn a_steady_rate_reads_back_as_that_rate() {
+    let start = Instant::now();
+    let mut tokens = Usage::decaying(start, Duration::from_secs(2));
+    let tick = Duration::from_millis(10);
+    for i in 1..=2000 {
+      tokens.add(5, start + tick * i);
+    }
+    let rate = tokens.rate(start + tick * 2000);
+    assert!((rate - 500.0).abs() < 5.0, "{rate}");
   }
 }

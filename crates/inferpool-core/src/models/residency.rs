@@ -96,12 +96,14 @@ impl WorkerThread {
       .filter_map(|m| {
         let slot = self.models[m].slot.as_ref()?;
         let config = &registry.models[m].config;
+        // A model with rows decoding here is not evicted: it outranks every load.
+        let decoding = !self.models[m].cohorts.is_empty();
         Some(Resident {
           model: m,
-          priority: config.priority,
+          priority: if decoding { i32::MAX } else { config.priority },
           score: slot.usage.score(now),
           memory: config.memory,
-          queued: registry.models[m].queued_items(),
+          queued: registry.models[m].queued_items() + usize::from(decoding),
         })
       })
       .collect();
@@ -230,6 +232,10 @@ impl WorkerThread {
   /// Unloads `model` here, handing its items in this worker's deque back to the injectors.
   /// Returns whether it was loaded.
   pub(crate) fn unload(&mut self, model: usize, reason: UnloadReason) -> bool {
+    if self.models[model].slot.is_none() {
+      return false;
+    }
+    self.requeue_cohorts(model);
     let Some(slot) = self.models[model].slot.take() else { return false };
     drop(slot);
     let registry = Arc::clone(&self.registry);

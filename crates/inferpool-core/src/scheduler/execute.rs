@@ -19,6 +19,10 @@ use crate::{
 impl WorkerThread {
   /// Runs one batch of `model` and settles every item in it (module docs, step 6).
   pub(crate) fn run_batch(&mut self, (model, batch): (usize, Vec<Queued>)) {
+    if self.registry.models[model].config.kind == crate::ModelKind::Seq2Seq {
+      self.start_cohort(model, batch);
+      return;
+    }
     let registry = Arc::clone(&self.registry);
     let shared_model = &registry.models[model];
     let count = batch.len();

@@ -50,9 +50,10 @@ use std::{
 use crossbeam_deque::Worker;
 
 use crate::{
-  BackendError, BackendErrorKind, BackendFactory, CloseMode, ModelConfig, Models, PoolConfig,
-  PoolError, PoolStats, Reply, SubmitOptions, Tokenize, TokenizedText,
+  BackendError, BackendErrorKind, BackendFactory, CloseMode, ModelConfig, ModelKind, Models,
+  PoolConfig, PoolError, PoolStats, Reply, Sequence, SubmitOptions, Tokenize, TokenizedText,
   batch::{Outstanding, Queued, queue::Queues},
+  generation::cohort::GenerationShared,
   metrics::PoolHistograms,
   request::Request,
   scheduler::{
@@ -67,6 +68,7 @@ use crate::{
 };
 
 pub(crate) mod admission;
+pub(crate) mod decode;
 pub(crate) mod execute;
 pub(crate) mod registry;
 pub(crate) mod sleep;
@@ -161,6 +163,7 @@ impl Pool {
           in_flight_tokens: AtomicUsize::new(0),
           dimension: OnceLock::new(),
           histograms: PoolHistograms::default(),
+          generation: GenerationShared::default(),
           items: AtomicU64::new(0),
           served_at: AtomicU64::new(0),
           loading: AtomicUsize::new(0),
@@ -272,10 +275,69 @@ impl Pool {
     options: SubmitOptions,
     reply: Reply,
   ) -> Result<Ticket, PoolError> {
-    let registry = &self.registry;
-    let Some(shared) = registry.models.get(model) else {
+    self.check_kind(model, ModelKind::Embedding)?;
+    self.submit_request(model, texts, options, reply, Vec::new())
+  }
+
+  /// Queues `prompts` for generation with seq2seq model `model`, one row each, tokenized on the
+  /// calling thread like [`Pool::submit_to`]'s texts. Row `i` is decoded as `sequences[i]`
+  /// says and its tokens go to its sink, which is told how it finished before `reply` is
+  /// called, exactly once, with an empty `Ok` when every row has finished, or with the first
+  /// error. Cancelling the ticket (or its call handle) drops its rows at their next step.
+  pub fn generate(
+    &self,
+    model: usize,
+    prompts: &[String],
+    sequences: Vec<Sequence>,
+    options: SubmitOptions,
+    reply: Reply,
+  ) -> Result<Ticket, PoolError> {
+    self.check_kind(model, ModelKind::Seq2Seq)?;
+    if sequences.len() != prompts.len() {
+      return Err(PoolError::InvalidInput(format!(
+        "{} prompts but {} sequences",
+        prompts.len(),
+        sequences.len()
+      )));
+    }
+    if let Some(bad) = sequences.iter().find(|s| s.params.max_new_tokens == 0) {
+      return Err(PoolError::InvalidInput(format!(
+        "max_new_tokens must be at least 1 (got {})",
+        bad.params.max_new_tokens
+      )));
+    }
+    self.submit_request(model, prompts, options, reply, sequences)
+  }
+
+  /// What kind model `model` is, or an error naming both kinds when it is not `wanted`.
+  fn check_kind(&self, model: usize, wanted: ModelKind) -> Result<(), PoolError> {
+    let Some(shared) = self.registry.models.get(model) else {
       return Err(PoolError::InvalidInput(format!("no model {model}")));
     };
+    let kind = shared.config.kind;
+    if kind == wanted {
+      return Ok(());
+    }
+    let (name, does) = match kind {
+      ModelKind::Embedding => ("embedding model", "embed texts"),
+      ModelKind::Seq2Seq => ("seq2seq model", "generate text"),
+    };
+    Err(PoolError::InvalidInput(format!(
+      "model {:?} is a {name}: it can only {does}",
+      shared.config.name
+    )))
+  }
+
+  fn submit_request(
+    &self,
+    model: usize,
+    texts: &[String],
+    options: SubmitOptions,
+    reply: Reply,
+    sequences: Vec<Sequence>,
+  ) -> Result<Ticket, PoolError> {
+    let registry = &self.registry;
+    let shared = &registry.models[model];
     let submitted = Instant::now();
     let registry_for_reply = Arc::clone(registry);
     let reply: Reply = Box::new(move |result| {
@@ -285,7 +347,10 @@ impl Pool {
       registry_for_reply.admit_waiting();
     });
     let SubmitOptions { priority, deadline, handle, progress, turn, token_counts } = options;
-    let request = Arc::new(Request::new(texts.len(), model, priority, deadline, progress, reply));
+    let request = Arc::new(
+      Request::new(texts.len(), model, priority, deadline, progress, reply)
+        .with_sequences(sequences),
+    );
     if let Some(Err(error)) = handle.map(|h| h.attach(&request)) {
       // Cancelled before it was submitted: the error is the answer, given here.
       request.forget_reply();

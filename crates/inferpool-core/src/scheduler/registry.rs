@@ -98,6 +98,8 @@ pub(crate) struct ModelShared {
   /// Width of its rows, set by the first load.
   pub(crate) dimension: OnceLock<usize>,
   pub(crate) histograms: PoolHistograms,
+  /// Its cohorts, rows and tokens (a seq2seq model's).
+  pub(crate) generation: crate::generation::cohort::GenerationShared,
   pub(crate) items: AtomicU64,
   /// When a batch of it last started, or its queue last filled from empty (nanoseconds after
   /// the epoch): how long its work has gone unserved.

@@ -41,6 +41,8 @@ pub(crate) struct WorkerModel {
   pub(crate) load_failure: (u32, Option<Instant>),
   /// The bulk length class its sweep takes from next.
   pub(crate) cursor: usize,
+  /// The cohorts it decodes (a seq2seq model's; [`crate::generation`]).
+  pub(crate) cohorts: Vec<crate::generation::cohort::Cohort>,
 }
 
 /// One worker's private state (rayon's `WorkerThread`).
@@ -61,12 +63,19 @@ pub(crate) struct WorkerThread {
   pub(crate) rng: u64,
   /// Reused output buffer.
   pub(crate) out: Vec<f32>,
+  /// Reused logits buffer of decoder steps.
+  pub(crate) logits: Vec<f32>,
+  /// Which cohort steps next (round robin over its cohorts).
+  pub(crate) decode_next: usize,
+  /// Whether a cohort steps before the next batch is looked for.
+  pub(crate) decode_turn: bool,
 }
 
 impl Drop for WorkerThread {
   /// Whatever its deques still hold when it goes (only after a failure: a normal exit leaves
   /// them empty) is answered, not lost.
   fn drop(&mut self) {
+    self.fail_cohorts(None, &PoolError::Closed);
     for model in &self.models {
       while let Some(item) = model.deque.pop() {
         item.request.fail(PoolError::Closed);
@@ -88,6 +97,7 @@ impl WorkerThread {
         ),
         load_failure: (0, None),
         cursor: CLASSES - 1,
+        cohorts: Vec::new(),
       })
       .collect();
     registry.workers[index].token_budget.store(models[0].budget.tokens(), Ordering::Relaxed);
@@ -101,6 +111,9 @@ impl WorkerThread {
       failures: 0,
       rng: 0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1),
       out: Vec::new(),
+      logits: Vec::new(),
+      decode_next: 0,
+      decode_turn: false,
     }
   }
 
@@ -147,8 +160,19 @@ impl WorkerThread {
     }
     self.handle_commands();
     let next_idle_check = self.unload_idle();
+    // Decoding cohorts alternate with new batches ([`crate::scheduler::decode`]).
+    if self.decode_turn && self.decoding() {
+      self.decode_turn = false;
+      self.step_next();
+      return Round::Worked;
+    }
     if let Some(found) = self.find_work() {
       self.run_batch(found);
+      self.decode_turn = true;
+      return Round::Worked;
+    }
+    if self.decoding() {
+      self.step_next();
       return Round::Worked;
     }
     // SeqCst with the reservation in `submit` and the decrement in `Queued::drop`: zero means
@@ -180,7 +204,8 @@ impl WorkerThread {
     }
   }
 
-  pub(crate) fn cancel_local(&self) {
+  pub(crate) fn cancel_local(&mut self) {
+    self.fail_cohorts(None, &PoolError::Closed);
     for deque in self.models.iter().map(|m| &m.deque) {
       while let Some(item) = deque.pop() {
         item.request.fail(PoolError::Closed);
@@ -269,8 +294,11 @@ impl WorkerThread {
   /// Looks for the next batch of `model` (module docs, steps 3–5).
   pub(crate) fn find_batch(&mut self, model: usize) -> Option<Vec<Queued>> {
     let policy = self.registry.config.policy;
+    let cap = self.batch_cap(model);
+    if cap == 0 {
+      return None;
+    }
     let share = self.share(model);
-    let cap = policy.max_batch_size.max(1);
     let mut budget = self.models[model].budget.tokens().min(share);
     if self.shared().models[model].token_speed.load(Ordering::Relaxed) == 0 {
       // Speed not measured yet: a smaller first batch measures it.
@@ -294,6 +322,7 @@ impl WorkerThread {
       }
       if !held
         && !policy.max_wait.is_zero()
+        && !self.decoding()
         && candidates.len() < cap
         && self.registry.closing() == OPEN
       {
