@@ -5,7 +5,7 @@ use std::{
   sync::{Arc, Mutex, PoisonError},
 };
 
-use inferpool_core::{CallHandle, Pool, PoolError, SubmitOptions, TokenCounts};
+use inferpool_core::{CallHandle, Pool, PoolError, Reply, SubmitOptions, Ticket, TokenCounts};
 use napi::{
   Env,
   bindgen_prelude::{Float32Array, PromiseRaw, Uint32Array},
@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// What a call is answered with.
-type Outcome = std::result::Result<Vec<f32>, PoolError>;
+pub(crate) type Outcome = std::result::Result<Vec<f32>, PoolError>;
 
 /// One `embed` call: its answer, and the means to cancel it. Belongs to that call alone, so a
 /// cancel can never reach another one, and nothing is kept once it is collected.
@@ -43,32 +43,40 @@ fn answer(sender: &Mutex<Option<oneshot::Sender<Outcome>>>, outcome: Outcome) {
   }
 }
 
+/// Runs `submit` with `options` (given the call's own cancel handle) on a blocking thread, off
+/// the event loop (tokenization runs inside it), and returns the handle and where the answer
+/// arrives: whichever answers first, the pool's reply or the submit's own error.
+pub(crate) fn dispatch(
+  options: SubmitOptions,
+  submit: impl FnOnce(SubmitOptions, Reply) -> std::result::Result<Ticket, PoolError> + Send + 'static,
+) -> (Arc<CallHandle>, oneshot::Receiver<Outcome>) {
+  let handle = Arc::new(CallHandle::new());
+  let options = SubmitOptions { handle: Some(Arc::clone(&handle)), ..options };
+  let (tx, rx) = oneshot::channel();
+  let sender = Arc::new(Mutex::new(Some(tx)));
+  napi::bindgen_prelude::spawn_blocking(move || {
+    let reply_sender = Arc::clone(&sender);
+    let reply: Reply = Box::new(move |outcome| answer(&reply_sender, outcome));
+    let submitted = catch_unwind(AssertUnwindSafe(|| submit(options, reply)))
+      .unwrap_or_else(|_| Err(PoolError::Internal("the submit panicked".to_owned())));
+    if let Err(error) = submitted {
+      answer(&sender, Err(error));
+    }
+  });
+  (handle, rx)
+}
+
 impl BindingCall {
-  /// Submits `texts` to model `model` of `pool` and returns the call at once. `options` gets
-  /// the call's own cancel handle. Tokenization runs inside the submit, so the submit runs on a
-  /// blocking thread, off the event loop; whichever answers first, the pool's reply or the
-  /// submit's own error, answers the call.
+  /// Submits `texts` to model `model` of `pool` and returns the call at once ([`dispatch`]).
   pub(crate) fn submit(
     pool: Arc<Pool>,
     model: usize,
     texts: Vec<String>,
     options: SubmitOptions,
   ) -> Self {
-    let handle = Arc::new(CallHandle::new());
     let token_counts = options.token_counts.clone();
-    let options = SubmitOptions { handle: Some(Arc::clone(&handle)), ..options };
-    let (tx, rx) = oneshot::channel();
-    let sender = Arc::new(Mutex::new(Some(tx)));
-    napi::bindgen_prelude::spawn_blocking(move || {
-      let reply_sender = Arc::clone(&sender);
-      let reply = Box::new(move |outcome| answer(&reply_sender, outcome));
-      let submitted =
-        catch_unwind(AssertUnwindSafe(|| pool.submit_to(model, &texts, options, reply)))
-          .unwrap_or_else(|_| Err(PoolError::Internal("the submit panicked".to_owned())));
-      if let Err(error) = submitted {
-        answer(&sender, Err(error));
-      }
-    });
+    let (handle, rx) =
+      dispatch(options, move |options, reply| pool.submit_to(model, &texts, options, reply));
     Self { handle, answer: Mutex::new(Some(rx)), token_counts }
   }
 }

@@ -1,6 +1,6 @@
 //! The binding's string enums: the generated `.d.cts` carries each as a union of its values.
 
-use inferpool_core::{UnloadReason, WorkerState};
+use inferpool_core::{FinishReason, ModelKind, UnloadReason, WorkerState};
 use inferpool_ort::{Pooling, Provider};
 use napi_derive::napi;
 
@@ -108,6 +108,56 @@ impl From<BindingPooling> for Pooling {
     match pooling {
       BindingPooling::Mean => Self::Mean,
       BindingPooling::Cls => Self::Cls,
+    }
+  }
+}
+
+/// What a model does.
+#[napi(string_enum = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingModelKind {
+  /// One vector per text.
+  Embedding,
+  /// Generates text from a prompt (an encoder-decoder).
+  Seq2seq,
+}
+
+impl From<BindingModelKind> for ModelKind {
+  fn from(kind: BindingModelKind) -> Self {
+    match kind {
+      BindingModelKind::Embedding => Self::Embedding,
+      BindingModelKind::Seq2seq => Self::Seq2Seq,
+    }
+  }
+}
+
+impl From<ModelKind> for BindingModelKind {
+  fn from(kind: ModelKind) -> Self {
+    match kind {
+      ModelKind::Embedding => Self::Embedding,
+      ModelKind::Seq2Seq => Self::Seq2seq,
+    }
+  }
+}
+
+/// Why a generated row ended.
+#[napi(string_enum = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingFinishReason {
+  /// The model chose its end-of-sequence token.
+  Eos,
+  /// `maxNewTokens` were generated.
+  Length,
+  /// A stop sequence was produced.
+  Stop,
+}
+
+impl From<FinishReason> for BindingFinishReason {
+  fn from(reason: FinishReason) -> Self {
+    match reason {
+      FinishReason::Eos => Self::Eos,
+      FinishReason::Length => Self::Length,
+      FinishReason::Stop => Self::Stop,
     }
   }
 }

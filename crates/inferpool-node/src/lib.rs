@@ -4,6 +4,7 @@
 //!
 //! * [`pool`]: `createPool` and `BindingPool`, the running pool.
 //! * [`call`]: `BindingCall`, one `embed` call; [`priority`]: its queue class.
+//! * [`generation`]: `BindingGeneration`, one `generate` call and its stream.
 //! * [`options`]: `BindingPoolOptions` and `BindingModelSpec`, converted to an
 //!   [`inferpool_ort::PoolSpec`].
 //! * [`events`], [`status`], [`metrics`]: what the pool reports.
@@ -13,6 +14,7 @@ pub mod call;
 pub mod enums;
 pub mod errors;
 pub mod events;
+pub mod generation;
 pub mod metrics;
 mod numbers;
 pub mod options;

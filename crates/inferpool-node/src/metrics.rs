@@ -44,6 +44,10 @@ pub struct BindingModelHistograms {
   pub inference: Vec<BindingHistogram>,
   /// Per worker, by index: texts per batch.
   pub batch_size: Vec<BindingHistogram>,
+  /// A seq2seq model's: per prompt, queued to its first token, seconds.
+  pub first_token: Option<BindingHistogram>,
+  /// A seq2seq model's: per token after a prompt's first, the time since the previous one.
+  pub per_token: Option<BindingHistogram>,
 }
 
 impl BindingModelHistograms {
@@ -59,6 +63,8 @@ impl BindingModelHistograms {
         end_to_end: (&model.end_to_end).into(),
         inference: stats.workers.iter().map(|w| (&w.models[m].inference).into()).collect(),
         batch_size: stats.workers.iter().map(|w| (&w.models[m].batch_size).into()).collect(),
+        first_token: model.generation.as_ref().map(|g| (&g.first_token).into()),
+        per_token: model.generation.as_ref().map(|g| (&g.per_token).into()),
       })
       .collect()
   }

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
+use inferpool_core::GenerateParams;
 use inferpool_ort::{Device, ModelSpec, PoolSpec};
 use napi_derive::napi;
 
 use crate::{
-  enums::BindingPooling,
+  enums::{BindingModelKind, BindingPooling},
   errors::{BindingErrorCode, Result, coded},
   numbers::saturating_u64,
   priority::BindingPriority,
@@ -48,6 +49,51 @@ pub struct BindingModelSpec {
   pub workers: Option<Vec<u32>>,
   /// Estimated memory of one loaded copy, bytes; the size of its ONNX files when absent.
   pub memory_bytes: Option<f64>,
+  /// What it must be; whatever its folder holds when absent.
+  pub kind: Option<BindingModelKind>,
+}
+
+/// The options of one `generate` call, already validated by the TypeScript layer.
+#[napi(object)]
+#[derive(Clone, Debug)]
+pub struct BindingGenerateOptions {
+  /// Its queue class.
+  pub priority: BindingPriority,
+  /// Prompts not started within this many milliseconds are not run.
+  pub timeout_ms: Option<u32>,
+  /// Prompts between two progress reports (1 when absent).
+  pub progress_every: Option<u32>,
+  /// Most tokens per prompt.
+  pub max_new_tokens: u32,
+  /// EOS cannot end a prompt's text before this many tokens.
+  pub min_new_tokens: u32,
+  /// 0 = greedy.
+  pub temperature: f64,
+  /// 0 = no top-k cut.
+  pub top_k: u32,
+  /// 1 = no nucleus cut.
+  pub top_p: f64,
+  /// 1 = no penalty.
+  pub repetition_penalty: f64,
+  /// Seed of the sampling (an integer below 2^53).
+  pub seed: Option<f64>,
+  /// Stop sequences.
+  pub stop: Vec<String>,
+}
+
+impl From<&BindingGenerateOptions> for GenerateParams {
+  #[expect(clippy::cast_possible_truncation, reason = "validated ranges in the TypeScript layer")]
+  fn from(options: &BindingGenerateOptions) -> Self {
+    Self {
+      max_new_tokens: options.max_new_tokens as usize,
+      min_new_tokens: options.min_new_tokens as usize,
+      temperature: options.temperature as f32,
+      top_k: options.top_k as usize,
+      top_p: options.top_p as f32,
+      repetition_penalty: options.repetition_penalty as f32,
+      seed: options.seed.map(saturating_u64),
+    }
+  }
 }
 
 /// Options of `createPool`, already validated and resolved by the TypeScript layer.
@@ -107,6 +153,7 @@ impl TryFrom<BindingModelSpec> for ModelSpec {
       priority: spec.priority,
       workers: spec.workers.map(indices),
       memory_bytes: spec.memory_bytes.map(saturating_u64),
+      kind: spec.kind.map(Into::into),
       ..Self::new(spec.name, spec.path)
     })
   }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use inferpool_core::{CloseMode, Pool, Progress, SubmitOptions, TokenCounts};
-use inferpool_ort::{PoolSpec, WorkerDevices, build_pool};
+use inferpool_ort::{Generator, PoolSpec, WorkerDevices, build_pool};
 use napi::{
   Env, Status,
   bindgen_prelude::PromiseRaw,
@@ -19,9 +19,10 @@ use crate::{
   call::BindingCall,
   errors::{Result, backend_error, guarded, join_error, pool_error, promise},
   events::{EventCallback, event_sink},
+  generation::{BindingGeneration, DeltaCallback},
   metrics::BindingModelHistograms,
   numbers::index,
-  options::{BindingCallOptions, BindingPoolOptions},
+  options::{BindingCallOptions, BindingGenerateOptions, BindingPoolOptions},
   status::BindingStatus,
 };
 
@@ -38,6 +39,8 @@ pub struct BindingPool {
   max_lengths: Vec<u32>,
   /// Device, provider and fallback of each worker.
   workers: WorkerDevices,
+  /// Per model: how a seq2seq model's tokens become text.
+  generators: Vec<Option<Generator>>,
 }
 
 /// Loads every model's tokenizer, starts one worker per device entry, loads the preloaded
@@ -59,6 +62,7 @@ pub fn create_pool(
       inner: Arc::new(built.pool),
       max_lengths: built.max_lengths.into_iter().map(index).collect(),
       workers: built.workers,
+      generators: built.generators,
     })
   })
 }
@@ -92,12 +96,7 @@ impl BindingPool {
     options: BindingCallOptions,
     on_progress: Option<ProgressCallback>,
   ) -> Result<BindingCall> {
-    let progress = on_progress.map(|callback| Progress {
-      every: options.progress_every.unwrap_or(1).max(1) as usize,
-      report: Arc::new(move |done| {
-        let _ = callback.call(index(done), ThreadsafeFunctionCallMode::NonBlocking);
-      }),
-    });
+    let progress = progress(options.progress_every, on_progress);
     let options = SubmitOptions {
       priority: options.priority.into(),
       deadline: options.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(u64::from(ms))),
@@ -109,6 +108,43 @@ impl BindingPool {
       token_counts: options.count_tokens.then(TokenCounts::default),
     };
     Ok(BindingCall::submit(Arc::clone(&self.inner), model as usize, texts, options))
+  }
+
+  /// Starts generating text for `prompts` with seq2seq model `model` and returns the call at
+  /// once: its `result()` resolves with one result per prompt, in order. `onDelta` receives
+  /// each prompt's text as it grows (whole characters only) and, last, its finish reason;
+  /// `onProgress` how many prompts are done every `options.progressEvery`.
+  #[napi]
+  pub fn generate(
+    &self,
+    model: u32,
+    prompts: Vec<String>,
+    options: BindingGenerateOptions,
+    on_progress: Option<ProgressCallback>,
+    on_delta: Option<DeltaCallback>,
+  ) -> Result<BindingGeneration> {
+    let Some(generator) = self.generators.get(model as usize).and_then(Option::as_ref) else {
+      return Err(crate::errors::coded(
+        crate::errors::BindingErrorCode::InvalidInput,
+        format!("model {model} is not a seq2seq model: it cannot generate text"),
+      ));
+    };
+    let submit = SubmitOptions {
+      priority: options.priority.into(),
+      deadline: options.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(u64::from(ms))),
+      handle: None,
+      progress: progress(options.progress_every, on_progress),
+      turn: Some(self.inner.next_turn()),
+      token_counts: None,
+    };
+    Ok(BindingGeneration::submit(
+      Arc::clone(&self.inner),
+      (model as usize, generator),
+      prompts,
+      options,
+      submit,
+      on_delta,
+    ))
   }
 
   /// Loads model `model` on `workers` (every worker it may use when absent); resolves when
@@ -147,7 +183,7 @@ impl BindingPool {
   #[napi]
   pub fn status(&self) -> Result<BindingStatus> {
     guarded("reading the status", || {
-      BindingStatus::new(&self.inner.stats(), &self.max_lengths, &self.workers)
+      BindingStatus::new(&self.inner.stats(), &self.max_lengths, &self.workers, &self.generators)
     })
   }
 
@@ -176,6 +212,16 @@ impl BindingPool {
         .map_err(|e| join_error(&e))
     })
   }
+}
+
+/// Progress reports every `every` items (1 when absent) to `callback`, if any.
+fn progress(every: Option<u32>, callback: Option<ProgressCallback>) -> Option<Progress> {
+  callback.map(|callback| Progress {
+    every: every.unwrap_or(1).max(1) as usize,
+    report: Arc::new(move |done| {
+      let _ = callback.call(index(done), ThreadsafeFunctionCallMode::NonBlocking);
+    }),
+  })
 }
 
 fn close_mode(drain: bool) -> CloseMode {

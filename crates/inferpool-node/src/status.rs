@@ -2,11 +2,11 @@
 //! built from one snapshot of the core's counters.
 
 use inferpool_core::{PoolStats, WorkerStats};
-use inferpool_ort::WorkerDevices;
+use inferpool_ort::{Generator, WorkerDevices};
 use napi_derive::napi;
 
 use crate::{
-  enums::{BindingProvider, BindingWorkerState},
+  enums::{BindingModelKind, BindingProvider, BindingWorkerState},
   numbers::{index, number},
 };
 
@@ -88,6 +88,28 @@ pub struct BindingModelStatus {
   pub memory_bytes: f64,
   /// Its priority.
   pub priority: i32,
+  /// What it does.
+  pub kind: BindingModelKind,
+  /// A seq2seq model's decoding (absent for an embedding model).
+  pub generation: Option<BindingGenerationStatus>,
+}
+
+/// A seq2seq model's decoding now and since the start.
+#[napi(object)]
+#[derive(Debug)]
+pub struct BindingGenerationStatus {
+  /// `merged`, `pair` or `no-past`.
+  pub layout: String,
+  /// Cohorts decoding now, over every worker.
+  pub cohorts: f64,
+  /// Prompts decoding now.
+  pub rows: f64,
+  /// Tokens generated since the start.
+  pub tokens: f64,
+  /// Decoder steps run since the start.
+  pub steps: f64,
+  /// Tokens per second lately.
+  pub tokens_per_second: f64,
 }
 
 /// What `status()` returns.
@@ -108,7 +130,12 @@ pub struct BindingStatus {
 
 impl BindingStatus {
   /// The status in `stats`; `max_lengths` by model index, `devices` by worker index.
-  pub(crate) fn new(stats: &PoolStats, max_lengths: &[u32], devices: &WorkerDevices) -> Self {
+  pub(crate) fn new(
+    stats: &PoolStats,
+    max_lengths: &[u32],
+    devices: &WorkerDevices,
+    generators: &[Option<Generator>],
+  ) -> Self {
     let models = stats
       .models
       .iter()
@@ -126,6 +153,15 @@ impl BindingStatus {
         evictions: number(model.evictions),
         memory_bytes: number(model.memory),
         priority: model.priority,
+        kind: model.kind.into(),
+        generation: model.generation.as_ref().map(|g| BindingGenerationStatus {
+          layout: generators.get(m).and_then(Option::as_ref).map_or("", |g| g.layout).to_owned(),
+          cohorts: number(g.cohorts),
+          rows: number(g.rows),
+          tokens: number(g.tokens),
+          steps: number(g.steps),
+          tokens_per_second: g.tokens_per_second,
+        }),
       })
       .collect();
     Self {

@@ -11,11 +11,14 @@
 
 use std::sync::{Arc, OnceLock};
 
-use inferpool_core::{BackendError, EventSink, ModelConfig, Models, Pool, Tokenize};
+use inferpool_core::{
+  BackendError, BackendErrorKind, EventSink, ModelConfig, ModelKind, Models, Pool, Tokenize,
+};
 
 use crate::{
   backend::{Device, Fallbacks, SessionOptions, SessionSpec, model_factory},
   model::{EmbeddingModel, ModelFiles},
+  seq2seq::{Seq2SeqConfig, Seq2SeqFiles},
   spec::{ModelSpec, PoolSpec},
 };
 
@@ -77,6 +80,17 @@ impl WorkerDevices {
   }
 }
 
+/// What turns a seq2seq model's tokens into text, and its configuration.
+#[derive(Clone, Debug)]
+pub struct Generator {
+  /// The model's tokenizer (decoding).
+  pub tokenizer: Arc<tokenizers::Tokenizer>,
+  /// What its `config.json` says.
+  pub config: Seq2SeqConfig,
+  /// `merged`, `pair` or `no-past`.
+  pub layout: &'static str,
+}
+
 /// A started pool and what its spec resolved to.
 #[derive(Debug)]
 pub struct BuiltPool {
@@ -86,6 +100,8 @@ pub struct BuiltPool {
   pub max_lengths: Vec<usize>,
   /// Each worker's device and provider.
   pub workers: WorkerDevices,
+  /// Per model: how its tokens become text, for a seq2seq model.
+  pub generators: Vec<Option<Generator>>,
 }
 
 /// One model, ready for the core: its configuration (with its tokenizer) and its sessions.
@@ -93,6 +109,7 @@ struct Prepared {
   config: ModelConfig,
   session: SessionSpec,
   max_length: usize,
+  generator: Option<Generator>,
 }
 
 /// Resolves `spec`'s files and loads its tokenizer. `threads`: intra-op threads of each worker's
@@ -101,10 +118,50 @@ fn prepare(
   spec: ModelSpec,
   (intra_threads, lone_threads): (usize, usize),
 ) -> Result<Prepared, BackendError> {
-  let files = ModelFiles::resolve(&spec.path)?;
+  let seq2seq = if spec.path.is_dir() && Seq2SeqFiles::detect(&spec.path) {
+    let files = Seq2SeqFiles::resolve(&spec.path)?;
+    let config = files.config()?;
+    Some((files, config))
+  } else {
+    None
+  };
+  if spec.kind == Some(ModelKind::Seq2Seq) && seq2seq.is_none() {
+    // Resolving says what is missing.
+    Seq2SeqFiles::resolve(&spec.path)?;
+  }
+  if spec.kind == Some(ModelKind::Embedding)
+    && let Some((files, _)) = &seq2seq
+  {
+    return Err(BackendError::new(
+      BackendErrorKind::Model,
+      format!(
+        "{} is a seq2seq export (it has {}), not an embedding model",
+        files.dir.display(),
+        files.encoder.display()
+      ),
+    ));
+  }
+  let files = match &seq2seq {
+    Some((s, _)) => ModelFiles {
+      dir: s.dir.clone(),
+      onnx: s.encoder.clone(),
+      tokenizer: s.dir.join("tokenizer.json"),
+    },
+    None => ModelFiles::resolve(&spec.path)?,
+  };
   let model = EmbeddingModel::load(files, spec.max_length)?;
-  let memory = spec.memory_bytes.unwrap_or_else(|| model.files.weight_bytes());
+  let memory = spec.memory_bytes.unwrap_or_else(|| match &seq2seq {
+    Some((s, _)) => s.weight_bytes(),
+    None => model.files.weight_bytes(),
+  });
+  let generator = seq2seq.as_ref().map(|(files, config)| Generator {
+    tokenizer: Arc::new(model.tokenizer().clone()),
+    config: config.clone(),
+    layout: files.layout.name(),
+  });
+  let kind = if seq2seq.is_some() { ModelKind::Seq2Seq } else { ModelKind::Embedding };
   let session = SessionSpec {
+    seq2seq,
     onnx: model.files.onnx.clone(),
     options: SessionOptions {
       intra_threads,
@@ -118,9 +175,10 @@ fn prepare(
     priority: spec.priority,
     workers: spec.workers,
     memory,
+    kind,
     ..ModelConfig::new(spec.name, Arc::new(model) as Arc<dyn Tokenize>)
   };
-  Ok(Prepared { config, session, max_length })
+  Ok(Prepared { config, session, max_length, generator })
 }
 
 /// Builds and starts the pool `spec` describes; `events` receives model and worker events from
@@ -131,6 +189,7 @@ pub fn build_pool(spec: PoolSpec, events: Option<EventSink>) -> Result<BuiltPool
   let mut configs = Vec::with_capacity(spec.models.len());
   let mut sessions = Vec::with_capacity(spec.models.len());
   let mut max_lengths = Vec::with_capacity(spec.models.len());
+  let mut generators = Vec::with_capacity(spec.models.len());
   // A lone batch may use every thread the CPU workers have together, up to the cores there are.
   let cpu_workers = spec.devices.iter().filter(|d| **d == Device::Cpu).count();
   let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
@@ -140,6 +199,7 @@ pub fn build_pool(spec: PoolSpec, events: Option<EventSink>) -> Result<BuiltPool
     configs.push(prepared.config);
     sessions.push(prepared.session);
     max_lengths.push(prepared.max_length);
+    generators.push(prepared.generator);
   }
   let workers = WorkerDevices::new(spec.devices);
   let fallbacks = spec.cpu_fallback.then(|| Arc::clone(&workers.fallbacks));
@@ -150,7 +210,7 @@ pub fn build_pool(spec: PoolSpec, events: Option<EventSink>) -> Result<BuiltPool
     events,
   };
   let pool = Pool::with_models(&config, models)?;
-  Ok(BuiltPool { pool, max_lengths, workers })
+  Ok(BuiltPool { pool, max_lengths, workers, generators })
 }
 
 #[cfg(test)]

@@ -97,14 +97,14 @@ fn model_error(message: impl Into<String>) -> BackendError {
   BackendError::new(BackendErrorKind::Model, message)
 }
 
-fn run_error(message: impl Into<String>) -> BackendError {
+pub(crate) fn run_error(message: impl Into<String>) -> BackendError {
   BackendError::new(BackendErrorKind::Run, message)
 }
 
 /// How a failed `Session::run` is reported: an allocation failure (the CPU arena's or the
 /// device's) is [`BackendErrorKind::OutOfMemory`], so the pool retries the texts in smaller
 /// batches and caps its budget; anything else is a run failure.
-fn inference_error(message: String) -> BackendError {
+pub(crate) fn inference_error(message: String) -> BackendError {
   /// Phrases ONNX Runtime and CUDA use for a failed allocation, lower case.
   const OUT_OF_MEMORY: &[&str] = &[
     "out of memory",
@@ -149,43 +149,7 @@ impl OrtBackend {
     threads: usize,
     spin: bool,
   ) -> Result<Self, BackendError> {
-    let env = environment()?;
-    let builder_error = |e: ort::Error<_>| model_error(format!("cannot configure a session: {e}"));
-    let mut builder = Session::builder(env)
-      .map_err(|e| model_error(format!("cannot create a session builder: {e}")))?
-      .with_optimization_level(GraphOptimizationLevel::All)
-      .map_err(builder_error)?
-      .with_intra_threads(threads.max(1))
-      .map_err(builder_error)?
-      .with_inter_threads(1)
-      .map_err(builder_error)?
-      .with_intra_op_spinning(spin)
-      .map_err(builder_error)?
-      .with_config_entry("session.force_spinning_stop", if spin { "1" } else { "0" })
-      .map_err(builder_error)?
-      .with_inter_op_spinning(false)
-      .map_err(builder_error)?;
-    if let Device::Cuda(id) = device {
-      builder = builder
-        .with_execution_providers([ep::CUDA::default()
-          .with_device_id(id)
-          .build()
-          .error_on_failure()])
-        .map_err(|e| {
-          BackendError::new(
-            BackendErrorKind::Device,
-            format!("cannot use {device}: the CUDA execution provider failed: {e}"),
-          )
-        })?;
-    }
-    let session = builder.commit_from_file(onnx).map_err(|e| {
-      let kind = if matches!(device, Device::Cuda(_)) && e.to_string().contains("CUDA") {
-        BackendErrorKind::Device
-      } else {
-        BackendErrorKind::Model
-      };
-      BackendError::new(kind, format!("cannot load {} on {device}: {e}", onnx.display()))
-    })?;
+    let session = open_session(onnx, device, threads, spin)?;
 
     let names: Vec<&str> = session.inputs().iter().map(ort::value::Outlet::name).collect();
     for required in [INPUT_IDS, ATTENTION_MASK] {
@@ -298,6 +262,52 @@ impl OrtBackend {
   }
 }
 
+/// A session of `onnx` on `device` with `threads` intra-op threads. With `spin`, its threads
+/// spin while a run goes on (no sleep between two operators) and stop as soon as it returns:
+/// idle, they sleep.
+pub(crate) fn open_session(
+  onnx: &std::path::Path,
+  device: Device,
+  threads: usize,
+  spin: bool,
+) -> Result<Session, BackendError> {
+  let env = environment()?;
+  let builder_error = |e: ort::Error<_>| model_error(format!("cannot configure a session: {e}"));
+  let mut builder = Session::builder(env)
+    .map_err(|e| model_error(format!("cannot create a session builder: {e}")))?
+    .with_optimization_level(GraphOptimizationLevel::All)
+    .map_err(builder_error)?
+    .with_intra_threads(threads.max(1))
+    .map_err(builder_error)?
+    .with_inter_threads(1)
+    .map_err(builder_error)?
+    .with_intra_op_spinning(spin)
+    .map_err(builder_error)?
+    .with_config_entry("session.force_spinning_stop", if spin { "1" } else { "0" })
+    .map_err(builder_error)?
+    .with_inter_op_spinning(false)
+    .map_err(builder_error)?;
+  if let Device::Cuda(id) = device {
+    builder = builder
+      .with_execution_providers([ep::CUDA::default().with_device_id(id).build().error_on_failure()])
+      .map_err(|e| {
+        BackendError::new(
+          BackendErrorKind::Device,
+          format!("cannot use {device}: the CUDA execution provider failed: {e}"),
+        )
+      })?;
+  }
+  let session = builder.commit_from_file(onnx).map_err(|e| {
+    let kind = if matches!(device, Device::Cuda(_)) && e.to_string().contains("CUDA") {
+      BackendErrorKind::Device
+    } else {
+      BackendErrorKind::Model
+    };
+    BackendError::new(kind, format!("cannot load {} on {device}: {e}", onnx.display()))
+  })?;
+  Ok(session)
+}
+
 impl Backend for OrtBackend {
   fn dimension(&self) -> usize {
     self.hidden
@@ -341,6 +351,8 @@ pub struct SessionSpec {
   pub onnx: PathBuf,
   /// Threads, pooling, normalisation.
   pub options: SessionOptions,
+  /// For an encoder-decoder model: its files and configuration (`onnx` is then its encoder).
+  pub seq2seq: Option<(crate::seq2seq::Seq2SeqFiles, crate::seq2seq::Seq2SeqConfig)>,
 }
 
 /// A factory that gives worker `w` a session of `models[m]` on `devices[w]`. With `fallbacks`,
@@ -360,6 +372,22 @@ pub fn model_factory(
       fallbacks.as_ref().and_then(|f| f.get(worker)).is_some_and(|slot| slot.get().is_some());
     if fallen_back {
       device = Device::Cpu;
+    }
+    if let Some((files, config)) = &spec.seq2seq {
+      let threads = spec.options.intra_threads;
+      let open =
+        |device| crate::seq2seq::Seq2SeqBackend::new(files, config.clone(), device, threads);
+      let backend = match (open(device), &fallbacks) {
+        (Err(error), Some(fallbacks)) if device != Device::Cpu => {
+          let backend = open(Device::Cpu)?;
+          if let Some(slot) = fallbacks.get(worker) {
+            let _ = slot.set(error.message.trim_end().to_owned());
+          }
+          backend
+        }
+        (built, _) => built?,
+      };
+      return Ok(Box::new(backend) as Box<dyn Backend>);
     }
     let built = match (OrtBackend::new(&spec.onnx, device, spec.options.clone()), &fallbacks) {
       (Err(error), Some(fallbacks)) if device != Device::Cpu => {

@@ -20,12 +20,13 @@ mod lone;
 pub mod model;
 pub mod pooling;
 pub mod runtime;
+pub mod seq2seq;
 pub mod spec;
 #[cfg(test)]
 mod test_folder;
 mod tokenization;
 
-pub use assembly::{BuiltPool, Provider, WorkerDevices, build_pool};
+pub use assembly::{BuiltPool, Generator, Provider, WorkerDevices, build_pool};
 pub use backend::{Device, Fallbacks, SessionOptions, SessionSpec, model_factory};
 pub use model::{EmbeddingModel, ModelFiles};
 pub use pooling::Pooling;

@@ -104,11 +104,18 @@ impl ModelFiles {
   /// and the like beside it): a first estimate of the memory a loaded copy takes.
   #[must_use]
   pub fn weight_bytes(&self) -> u64 {
+    file_bytes(&self.onnx)
+  }
+}
+
+/// Bytes of the ONNX file at `onnx` and of its external data files beside it.
+pub(crate) fn file_bytes(onnx: &Path) -> u64 {
+  {
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-    let Some(name) = self.onnx.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+    let Some(name) = onnx.file_name().map(|n| n.to_string_lossy().into_owned()) else {
       return 0;
     };
-    let dir = self.onnx.parent().unwrap_or(Path::new("."));
+    let dir = onnx.parent().unwrap_or(Path::new("."));
     let external: u64 = std::fs::read_dir(dir).map_or(0, |entries| {
       entries
         .filter_map(Result::ok)
@@ -119,7 +126,7 @@ impl ModelFiles {
         .map(|e| size(&e.path()))
         .sum()
     });
-    size(&self.onnx) + external
+    size(onnx) + external
   }
 }
 
@@ -207,6 +214,20 @@ fn read_model_file(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, BackendEr
   Ok(Some(bytes))
 }
 
+/// Reads the JSON object in the file at `path`: `Ok(None)` when there is no file, an error of
+/// kind [`BackendErrorKind::Model`] when it is not a readable JSON object within
+/// [`CONFIG_JSON_LIMIT`].
+pub(crate) fn read_json(
+  path: &Path,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, BackendError> {
+  let Some(bytes) = read_model_file(path, CONFIG_JSON_LIMIT)? else { return Ok(None) };
+  match serde_json::from_slice::<serde_json::Value>(&bytes) {
+    Ok(serde_json::Value::Object(map)) => Ok(Some(map)),
+    Ok(_) => Err(model_error(format!("{} is not a JSON object", path.display()))),
+    Err(e) => Err(model_error(format!("{} is not valid JSON: {e}", path.display()))),
+  }
+}
+
 /// Reads `key` as an unsigned integer from the JSON config file at `path`. `Ok(None)` when the
 /// file is absent, is not JSON or lacks the key (such files are optional hints); an error when
 /// it exists but is not a regular file of at most [`CONFIG_JSON_LIMIT`] bytes.
@@ -229,6 +250,14 @@ pub struct EmbeddingModel {
   /// Whether a long text may be tokenized by prefixes cut before a space (see
   /// [`crate::tokenization`]): the pre-tokenizer splits words at spaces.
   pub(crate) prefix_cuts: bool,
+}
+
+impl EmbeddingModel {
+  /// The tokenizer (configured for batching: truncation at `max_length`, no padding).
+  #[must_use]
+  pub fn tokenizer(&self) -> &Tokenizer {
+    &self.tokenizer
+  }
 }
 
 impl EmbeddingModel {

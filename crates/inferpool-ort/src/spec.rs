@@ -30,6 +30,9 @@ pub struct ModelSpec {
   /// Estimated memory of one loaded copy, bytes; `None` = the size of its ONNX files
   /// ([`crate::ModelFiles::weight_bytes`]).
   pub memory_bytes: Option<u64>,
+  /// What the model must be; `None` = whatever its folder holds (an `encoder_model.onnx`
+  /// makes it a seq2seq model).
+  pub kind: Option<inferpool_core::ModelKind>,
 }
 
 impl ModelSpec {
@@ -45,6 +48,7 @@ impl ModelSpec {
       priority: 0,
       workers: None,
       memory_bytes: None,
+      kind: None,
     }
   }
 }

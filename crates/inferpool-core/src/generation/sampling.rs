@@ -114,7 +114,7 @@ mod tests {
 
   #[test]
   fn greedy_takes_the_largest_and_the_lowest_id_on_ties() {
-    let mut rng = rng(&params(0.0), 0, 0);
+    let mut rng = super::rng(&params(0.0), 0, 0);
     assert_eq!(next_token(&mut [0.1, 3.0, 3.0, -1.0], &[], &params(0.0), 9, &mut rng), 1);
     assert_eq!(argmax(&[f32::NAN, 1.0, f32::NAN]), 1);
   }
@@ -122,7 +122,7 @@ mod tests {
   #[test]
   fn eos_waits_for_the_minimum_length() {
     let p = GenerateParams { min_new_tokens: 2, ..params(0.0) };
-    let mut rng = rng(&p, 0, 0);
+    let mut rng = super::rng(&p, 0, 0);
     assert_eq!(next_token(&mut [0.0, 5.0, 1.0], &[2], &p, 1, &mut rng), 2);
     assert_eq!(next_token(&mut [0.0, 5.0, 1.0], &[2, 2], &p, 1, &mut rng), 1);
   }
@@ -130,7 +130,7 @@ mod tests {
   #[test]
   fn repetition_penalty_lowers_tokens_already_generated() {
     let p = GenerateParams { repetition_penalty: 2.0, ..params(0.0) };
-    let mut rng = rng(&p, 0, 0);
+    let mut rng = super::rng(&p, 0, 0);
     // 3.0 / 2 < 2.0: the repeated token loses; a negative logit is multiplied instead.
     assert_eq!(next_token(&mut [3.0, 2.0], &[0], &p, 9, &mut rng), 1);
     let mut logits = [-1.0, -1.5];
@@ -143,7 +143,7 @@ mod tests {
     let p = GenerateParams { seed: Some(7), ..params(1.0) };
     let logits = [0.0_f32, (3.0_f32).ln(), f32::NEG_INFINITY];
     let draw = |p: &GenerateParams, row| {
-      let mut rng = rng(p, 0, row);
+      let mut rng = super::rng(p, 0, row);
       (0..4000).map(|_| next_token(&mut logits.clone(), &[], p, 9, &mut rng)).collect::<Vec<_>>()
     };
     assert_eq!(draw(&p, 0), draw(&p, 0));
@@ -158,12 +158,12 @@ mod tests {
   fn top_k_and_top_p_cut_the_tail() {
     let logits = [2.0_f32, 1.9, 1.8, -5.0];
     let k = GenerateParams { top_k: 2, seed: Some(1), ..params(1.0) };
-    let mut rng = rng(&k, 0, 0);
+    let mut rng = super::rng(&k, 0, 0);
     let drawn: Vec<u32> =
       (0..500).map(|_| next_token(&mut logits.clone(), &[], &k, 9, &mut rng)).collect();
     assert!(drawn.iter().all(|&t| t < 2) && drawn.contains(&0) && drawn.contains(&1));
     let p = GenerateParams { top_p: 0.3, seed: Some(1), ..params(1.0) };
-    let mut rng = rng(&p, 0, 0);
+    let mut rng = super::rng(&p, 0, 0);
     assert!((0..200).all(|_| next_token(&mut logits.clone(), &[], &p, 9, &mut rng) == 0));
   }
 }

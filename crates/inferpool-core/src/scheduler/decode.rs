@@ -236,6 +236,27 @@ impl WorkerThread {
       registry.emit(crate::Event::WorkerRecovered { worker: self.index });
     }
     self.failures = 0;
+    let keep = self.advance(model, &mut cohort, &mut logits, (vocabulary, eos), finished_at);
+    self.logits = logits;
+    let done = keep.iter().filter(|k| !**k).count() as u64;
+    worker.items.fetch_add(done, Ordering::Relaxed);
+    worker.models[model].items.fetch_add(done, Ordering::Relaxed);
+    shared.items.fetch_add(done, Ordering::Relaxed);
+    self.keep_rows(model, cohort, &keep)
+  }
+
+  /// Gives every row of `cohort` its next token from `logits` (one row of `vocabulary` scores
+  /// each), tells its sink, and says which rows go on (the others have finished, their sinks
+  /// told why).
+  fn advance(
+    &self,
+    model: usize,
+    cohort: &mut Cohort,
+    logits: &mut [f32],
+    (vocabulary, eos): (usize, u32),
+    finished_at: Instant,
+  ) -> Vec<bool> {
+    let shared = &self.registry.models[model];
     let mut fates = Vec::with_capacity(cohort.rows.len());
     let mut generated = 0;
     for (row, scores) in cohort.rows.iter_mut().zip(logits.chunks_exact_mut(vocabulary)) {
@@ -266,7 +287,6 @@ impl WorkerThread {
         Fate::Continue
       });
     }
-    self.logits = logits;
     cohort.steps += 1;
     shared.generation.add_tokens(generated, finished_at);
     let mut keep = Vec::with_capacity(fates.len());
@@ -276,11 +296,7 @@ impl WorkerThread {
       }
       keep.push(matches!(fate, Fate::Continue));
     }
-    let done = keep.iter().filter(|k| !**k).count() as u64;
-    worker.items.fetch_add(done, Ordering::Relaxed);
-    worker.models[model].items.fetch_add(done, Ordering::Relaxed);
-    shared.items.fetch_add(done, Ordering::Relaxed);
-    self.keep_rows(model, cohort, &keep)
+    keep
   }
 
   /// Lets the rows not marked in `keep` leave `cohort` (each answered as its request's row when

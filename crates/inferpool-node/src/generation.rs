@@ -1,0 +1,148 @@
+//! `BindingGeneration`: one `generate` call (one or more prompts), its answer, its stream of
+//! deltas and the means to cancel it.
+
+use std::{
+  panic::{AssertUnwindSafe, catch_unwind},
+  sync::{Arc, Mutex, PoisonError},
+};
+
+use inferpool_core::{CallHandle, Pool, PoolError, Sequence, SubmitOptions, TokenSink};
+use inferpool_ort::{Generator, seq2seq::TextSink};
+use napi::{
+  Env, Status,
+  bindgen_prelude::PromiseRaw,
+  threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode},
+};
+use napi_derive::napi;
+use tokio::sync::oneshot;
+
+use crate::{
+  call::{Outcome, dispatch},
+  enums::BindingFinishReason,
+  errors::{BindingErrorCode, Result, coded, pool_error, promise},
+  numbers::index,
+  options::BindingGenerateOptions,
+};
+
+/// One prompt's result.
+#[napi(object)]
+#[derive(Debug)]
+pub struct BindingGenerated {
+  /// The text (up to, not including, a stop sequence).
+  pub text: String,
+  /// The generated token ids (EOS excluded).
+  pub tokens: Vec<u32>,
+  /// Why it ended.
+  pub finish_reason: BindingFinishReason,
+}
+
+/// A piece of a streamed prompt: its new text and the token that made it, or, last, why it
+/// ended.
+#[napi(object)]
+#[derive(Debug)]
+pub struct BindingDelta {
+  /// Which prompt of the call.
+  pub index: u32,
+  /// New text (whole characters only).
+  pub text: String,
+  /// The token; absent on the last delta.
+  pub token: Option<u32>,
+  /// Set on the last delta of the prompt.
+  pub finish_reason: Option<BindingFinishReason>,
+}
+
+/// Where a stream's deltas go: does not keep the process alive.
+pub(crate) type DeltaCallback =
+  ThreadsafeFunction<BindingDelta, (), BindingDelta, Status, false, true>;
+
+/// One `generate` call.
+#[napi]
+#[derive(Debug)]
+pub struct BindingGeneration {
+  handle: Arc<CallHandle>,
+  answer: Mutex<Option<oneshot::Receiver<Outcome>>>,
+  sinks: Vec<Arc<TextSink>>,
+}
+
+impl BindingGeneration {
+  /// Submits `prompts` to seq2seq model `model` of `pool` and returns the call at once.
+  pub(crate) fn submit(
+    pool: Arc<Pool>,
+    (model, generator): (usize, &Generator),
+    prompts: Vec<String>,
+    options: BindingGenerateOptions,
+    submit: SubmitOptions,
+    on_delta: Option<DeltaCallback>,
+  ) -> Self {
+    let params = Arc::new(inferpool_core::GenerateParams::from(&options));
+    let stop = options.stop;
+    let on_delta = on_delta.map(Arc::new);
+    let sinks: Vec<Arc<TextSink>> = (0..prompts.len())
+      .map(|i| {
+        let stream = on_delta.as_ref().map(|callback| {
+          let callback = Arc::clone(callback);
+          Box::new(move |delta: inferpool_ort::seq2seq::Delta| {
+            let delta = BindingDelta {
+              index: index(i),
+              text: delta.text,
+              token: delta.token,
+              finish_reason: delta.finish.map(Into::into),
+            };
+            let _ = callback.call(delta, ThreadsafeFunctionCallMode::NonBlocking);
+          }) as Box<dyn Fn(inferpool_ort::seq2seq::Delta) + Send + Sync>
+        });
+        Arc::new(TextSink::new(Arc::clone(&generator.tokenizer), stop.clone(), stream))
+      })
+      .collect();
+    let sequences: Vec<Sequence> = sinks
+      .iter()
+      .map(|sink| Sequence {
+        params: Arc::clone(&params),
+        sink: Arc::clone(sink) as Arc<dyn TokenSink>,
+      })
+      .collect();
+    let (handle, rx) = dispatch(submit, move |options, reply| {
+      pool.generate(model, &prompts, sequences, options, reply)
+    });
+    Self { handle, answer: Mutex::new(Some(rx)), sinks }
+  }
+}
+
+#[napi]
+impl BindingGeneration {
+  /// Resolves with one result per prompt, in order, or rejects with the call's error (once).
+  #[napi]
+  pub fn result<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Vec<BindingGenerated>>> {
+    let answer = self.answer.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let sinks = self.sinks.clone();
+    promise(env, async move {
+      let Some(answer) = answer else {
+        return Err(coded(BindingErrorCode::Internal, "the result of a call was asked for twice"));
+      };
+      let lost = |_| coded(BindingErrorCode::Internal, "a call was dropped without an answer");
+      answer.await.map_err(lost)?.map_err(|e| pool_error(&e))?;
+      sinks
+        .iter()
+        .map(|sink| {
+          let done = sink.generated().ok_or_else(|| {
+            coded(BindingErrorCode::Internal, "a prompt was answered without its text")
+          })?;
+          Ok(BindingGenerated {
+            text: done.text,
+            tokens: done.tokens,
+            finish_reason: done.finish.into(),
+          })
+        })
+        .collect()
+    })
+  }
+
+  /// Answers the call with `TIMEOUT` when `timedOut`, else with `ABORTED`, unless it has been
+  /// answered; its rows leave their cohorts at the next step. Returns whether this decided the
+  /// outcome.
+  #[napi]
+  pub fn cancel(&self, timed_out: bool) -> bool {
+    let error = if timed_out { PoolError::Timeout } else { PoolError::Cancelled };
+    catch_unwind(AssertUnwindSafe(|| self.handle.cancel(error))).unwrap_or(false)
+  }
+}
