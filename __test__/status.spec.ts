@@ -6,6 +6,7 @@ import type {
   BindingProvider,
   BindingWorkerState,
   BindingWorkerStatus,
+  BindingModelKind,
 } from '../src/binding.cjs'
 import { type Snapshot, type StatusContext, toMetrics, toStatus } from '../src/status.js'
 
@@ -83,6 +84,7 @@ const snapshot: Snapshot = {
         evictions: 0,
         memoryBytes: 100,
         priority: 0,
+        kind: 'embedding' as BindingModelKind,
       },
       {
         name: 'b',
@@ -97,6 +99,7 @@ const snapshot: Snapshot = {
         evictions: 1,
         memoryBytes: 200,
         priority: 1,
+        kind: 'embedding' as BindingModelKind,
       },
     ],
   },
@@ -105,8 +108,8 @@ const snapshot: Snapshot = {
 
 const context: StatusContext = {
   models: [
-    { name: 'a', path: '/models/a', pooling: 'mean', normalize: true },
-    { name: 'b', path: '/models/b', pooling: 'cls', normalize: false },
+    { name: 'a', path: '/models/a', kind: 'embedding', pooling: 'mean', normalize: true },
+    { name: 'b', path: '/models/b', kind: 'embedding', pooling: 'cls', normalize: false },
   ],
   started: 0,
   model: { path: '/models/a', dimension: 384, maxLength: 128 },

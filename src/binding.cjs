@@ -836,9 +836,12 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.BindingCall = nativeBinding.BindingCall
+module.exports.BindingGeneration = nativeBinding.BindingGeneration
 module.exports.BindingPool = nativeBinding.BindingPool
 module.exports.BindingErrorCode = nativeBinding.BindingErrorCode
 module.exports.BindingEventKind = nativeBinding.BindingEventKind
+module.exports.BindingFinishReason = nativeBinding.BindingFinishReason
+module.exports.BindingModelKind = nativeBinding.BindingModelKind
 module.exports.BindingPooling = nativeBinding.BindingPooling
 module.exports.BindingPriority = nativeBinding.BindingPriority
 module.exports.BindingProvider = nativeBinding.BindingProvider

@@ -29,6 +29,18 @@ export declare class BindingCall {
   cancel(timedOut: boolean): boolean
 }
 
+/** One `generate` call. */
+export declare class BindingGeneration {
+  /** Resolves with one result per prompt, in order, or rejects with the call's error (once). */
+  result(): Promise<Array<BindingGenerated>>
+  /**
+   * Answers the call with `TIMEOUT` when `timedOut`, else with `ABORTED`, unless it has been
+   * answered; its rows leave their cohorts at the next step. Returns whether this decided the
+   * outcome.
+   */
+  cancel(timedOut: boolean): boolean
+}
+
 /** A running pool. */
 export declare class BindingPool {
   /** Width of model `model`'s embeddings, once it has been loaded. */
@@ -43,6 +55,13 @@ export declare class BindingPool {
    * that).
    */
   embed(model: number, texts: Array<string>, options: BindingCallOptions, onProgress?: ProgressCallback | undefined | null): BindingCall
+  /**
+   * Starts generating text for `prompts` with seq2seq model `model` and returns the call at
+   * once: its `result()` resolves with one result per prompt, in order. `onDelta` receives
+   * each prompt's text as it grows (whole characters only) and, last, its finish reason;
+   * `onProgress` how many prompts are done every `options.progressEvery`.
+   */
+  generate(model: number, prompts: Array<string>, options: BindingGenerateOptions, onProgress?: ProgressCallback | undefined | null, onDelta?: DeltaCallback | undefined | null): BindingGeneration
   /**
    * Loads model `model` on `workers` (every worker it may use when absent); resolves when
    * each has it.
@@ -77,6 +96,21 @@ export interface BindingCallOptions {
   progressEvery?: number
   /** Keep each text's token count for the call's `tokenCounts()`. */
   countTokens: boolean
+}
+
+/**
+ * A piece of a streamed prompt: its new text and the token that made it, or, last, why it
+ * ended.
+ */
+export interface BindingDelta {
+  /** Which prompt of the call. */
+  index: number
+  /** New text (whole characters only). */
+  text: string
+  /** The token; absent on the last delta. */
+  token?: number
+  /** Set on the last delta of the prompt. */
+  finishReason?: BindingFinishReason
 }
 
 /** An error as data, as an event carries it: `fromNative` takes it as it takes a thrown one. */
@@ -149,6 +183,68 @@ export declare const enum BindingEventKind {
   WorkerRecovered = 'worker-recovered',
 }
 
+/** Why a generated row ended. */
+export declare const enum BindingFinishReason {
+  /** The model chose its end-of-sequence token. */
+  Eos = 'eos',
+  /** `maxNewTokens` were generated. */
+  Length = 'length',
+  /** A stop sequence was produced. */
+  Stop = 'stop',
+}
+
+/** One prompt's result. */
+export interface BindingGenerated {
+  /** The text (up to, not including, a stop sequence). */
+  text: string
+  /** The generated token ids (EOS excluded). */
+  tokens: Array<number>
+  /** Why it ended. */
+  finishReason: BindingFinishReason
+}
+
+/** The options of one `generate` call, already validated by the TypeScript layer. */
+export interface BindingGenerateOptions {
+  /** Its queue class. */
+  priority: BindingPriority
+  /** Prompts not started within this many milliseconds are not run. */
+  timeoutMs?: number
+  /** Prompts between two progress reports (1 when absent). */
+  progressEvery?: number
+  /** Most tokens per prompt; the model's `generation_config.json` says, else 64, when absent. */
+  maxNewTokens?: number
+  /** EOS cannot end a prompt's text before this many tokens. */
+  minNewTokens: number
+  /** 0 = greedy. */
+  temperature: number
+  /** 0 = no top-k cut. */
+  topK: number
+  /** 1 = no nucleus cut. */
+  topP: number
+  /** 1 = no penalty. */
+  repetitionPenalty: number
+  /** Seed of the sampling (an integer below 2^53). */
+  seed?: number
+  /** Stop sequences. */
+  stop: Array<string>
+}
+
+/** A seq2seq model's decoding now and since the start. */
+export interface BindingGenerationStatus {
+  /** `merged`, `pair` or `no-past`. */
+  layout: string
+  /** Cohorts decoding now, over every worker. */
+  cohorts: number
+  /** Prompts decoding now. */
+  rows: number
+  /** Tokens generated since the start. */
+  tokens: number
+  /** Decoder steps run since the start. */
+  steps: number
+  /** Tokens per second lately. */
+  tokensPerSecond: number
+}
+
 /** A histogram in `metrics()`. */
 export interface BindingHistogram {
   /** Upper bounds of the buckets, increasing. */
@@ -173,6 +269,18 @@ export interface BindingModelHistograms {
   inference: Array<BindingHistogram>
   /** Per worker, by index: texts per batch. */
   batchSize: Array<BindingHistogram>
+  /** A seq2seq model's: per prompt, queued to its first token, seconds. */
+  firstToken?: BindingHistogram
+  /** A seq2seq model's: per token after a prompt's first, the time since the previous one. */
+  perToken?: BindingHistogram
+}
+
+/** What a model does. */
+export declare const enum BindingModelKind {
+  /** One vector per text. */
+  Embedding = 'embedding',
+  /** Generates text from a prompt (an encoder-decoder). */
+  Seq2seq = 'seq2seq',
 }
 
 /** One model of `createPool`, already validated and resolved by the TypeScript layer. */
@@ -193,6 +301,8 @@ export interface BindingModelSpec {
   workers?: Array<number>
   /** Estimated memory of one loaded copy, bytes; the size of its ONNX files when absent. */
   memoryBytes?: number
+  /** What it must be; whatever its folder holds when absent. */
+  kind?: BindingModelKind
 }
 
 /** One model in `status()`. */
@@ -221,6 +331,10 @@ export interface BindingModelStatus {
   memoryBytes: number
   /** Its priority. */
   priority: number
+  /** What it does. */
+  kind: BindingModelKind
+  /** A seq2seq model's decoding (absent for an embedding model). */
+  generation?: BindingGenerationStatus
 }
 
 /** How token states become one vector per text. */

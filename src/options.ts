@@ -15,6 +15,7 @@ import {
 import type { BindingPoolOptions } from './binding.cjs'
 import { PoolError } from './errors.js'
 import type {
+  ModelKind,
   CacheOptions,
   EmbedOptions,
   ModelSpec,
@@ -126,6 +127,8 @@ export interface ResolvedModel {
   name: string
   /** `'default'` (the built-in model, fetched by `Pool.create`) or the path as given. */
   path: string
+  /** What it must be; what its folder holds when absent. */
+  kind?: ModelKind
   pooling: Pooling
   normalize: boolean
   /** Longest token sequence; the model's own when absent. */
@@ -290,8 +293,8 @@ export function resolveModels(
       throw new PoolError('INVALID_INPUT', `${where} must be "default", a path, or { path, ... }`)
     }
     checkKeys(spec, MODEL_KEYS, where)
-    if (spec.kind !== undefined && spec.kind !== 'embedding') {
-      throw new PoolError('INVALID_INPUT', `${where}.kind must be "embedding", got ${JSON.stringify(spec.kind)}`)
+    if (spec.kind !== undefined && spec.kind !== 'embedding' && spec.kind !== 'seq2seq') {
+      throw new PoolError('INVALID_INPUT', `${where}.kind must be "embedding" or "seq2seq", got ${JSON.stringify(spec.kind)}`)
     }
     const own = spec.pooling ?? pooling
     if (own !== 'mean' && own !== 'cls') {
@@ -313,6 +316,7 @@ export function resolveModels(
     const model: ResolvedModel = {
       name,
       path: spec.path,
+      ...(spec.kind === undefined ? {} : { kind: spec.kind }),
       pooling: own,
       normalize: spec.normalize ?? normalize,
       maxLength: integer(`${where}.maxLength`, spec.maxLength, 2, MAX_SEQUENCE, maxLength),

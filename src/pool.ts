@@ -2,16 +2,16 @@ import { EventEmitter } from 'node:events'
 import { availableParallelism, totalmem } from 'node:os'
 import { resolve } from 'node:path'
 
-import type { BindingEvent, BindingModelSpec, BindingPool, BindingPooling } from './binding.cjs'
+import type { BindingEvent, BindingModelKind, BindingModelSpec, BindingPool, BindingPooling } from './binding.cjs'
 import { ResultCache } from './cache.js'
 import { type Embedded, submit } from './call.js'
+import { type GenerationChoice, checkGenerate, generate, generateStream } from './generate.js'
 import { cudaDeviceCount, needsGpuMemory, queryGpuMemory, workerBudgets } from './devices.js'
 import { PoolError, fromNative } from './errors.js'
 import { defaultCacheDir, ensureDefaultModel } from './model.js'
 import { native } from './native.js'
 import {
   type Call,
-  type ModelChoice,
   checkCall,
   checkCloseOptions,
   checkEmbedOptions,
@@ -24,6 +24,10 @@ import { type Snapshot, type StatusContext, toMetrics, toStatus } from './status
 import { embedStream } from './stream.js'
 import type {
   EmbedOptions,
+  GenerateDelta,
+  GenerateOptions,
+  Generated,
+  ModelKind,
   EmbedResult,
   PoolEvent,
   PoolEventType,
@@ -38,6 +42,7 @@ import type {
 interface ModelEntry {
   name: string
   path: string
+  kind: ModelKind
   maxLength: number
   pooling: Pooling
   normalize: boolean
@@ -65,8 +70,8 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
   #cancelling: Promise<void> | undefined
   /** Calls handed to the native pool and not yet settled (a drain waits for them). */
   readonly #pending = new Set<Promise<unknown>>()
-  /** Model names and the default model, for the checks of each call. */
-  readonly #choice: ModelChoice
+  /** Model names, kinds and the default model, for the checks of each call. */
+  readonly #choice: GenerationChoice
   /** The device of every worker. */
   readonly #devices: string[]
   /** What status and metrics need besides a native snapshot. */
@@ -94,7 +99,7 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
     super()
     this.#cache = cacheEntries === undefined ? undefined : new ResultCache(cacheEntries)
     this.#native = binding
-    this.#choice = { names: models.map((m) => m.name), defaultModel }
+    this.#choice = { names: models.map((m) => m.name), defaultModel, kinds: models.map((m) => m.kind) }
     this.#devices = devices
     const model = models[defaultModel]
     this.dimension = binding.dimension(defaultModel) ?? 0
@@ -135,8 +140,13 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
         model.path === 'default'
           ? await ensureDefaultModel(resolved.cacheDir ?? defaultCacheDir())
           : resolve(model.path)
-      // The binding's string enum has exactly the values of `Pooling`.
-      specs.push({ ...model, path, pooling: model.pooling as BindingPooling })
+      // The binding's string enums have exactly the values of `Pooling` and `ModelKind`.
+      specs.push({
+        ...model,
+        path,
+        pooling: model.pooling as BindingPooling,
+        kind: model.kind as BindingModelKind | undefined,
+      })
     }
     const memoryBudgets = workerBudgets(devices, memory, totalmem(), await gpuMemory)
     const emitter: { pool?: Pool; early: BindingEvent[] } = { early: [] }
@@ -154,9 +164,11 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
           else emitter.early.push(event)
         },
       )
+      const kinds = binding.status().models.map((m) => m.kind as ModelKind)
       const models = specs.map((spec, index) => ({
         name: spec.name,
         path: spec.path,
+        kind: kinds[index],
         maxLength: binding.maxLength(index),
         pooling: spec.pooling as Pooling,
         normalize: spec.normalize,
@@ -315,6 +327,35 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
       models: this.#choice,
       embed: async (texts, callOptions) => (await this.#embed(texts, callOptions)).embeddings,
     })
+  }
+
+  /**
+   * Generates text for each prompt with a seq2seq model. Prompts from every call are encoded in
+   * length-sorted batches and decoded in cohorts (rows at the same step) on Rust threads; a new
+   * call joins at the next decoder step. Resolves with one result per prompt, in input order.
+   *
+   * @throws {PoolError} `INVALID_INPUT` (bad prompts or options, or no seq2seq model to use),
+   * `POOL_CLOSED`, `OVERLOADED`, `ABORTED`, `TIMEOUT`, `INFERENCE_FAILED`.
+   */
+  async generate(prompts: readonly string[], options: GenerateOptions = {}): Promise<Generated[]> {
+    if (this.#closed) throw new PoolError('POOL_CLOSED', 'the pool is closed')
+    return generate(this.#native, checkGenerate(prompts, options, this.#choice), this.#pending)
+  }
+
+  /**
+   * Generates text for one prompt and yields it as it grows: `{ text, token }` pieces (whole
+   * characters only), then a last piece with the `finishReason`. Breaking out of the loop (or
+   * aborting) cancels the prompt: its row leaves the decoder at the next step.
+   *
+   * @throws {PoolError} every code {@link Pool.generate} throws.
+   */
+  generateStream(prompt: string, options: Omit<GenerateOptions, 'onProgress'> = {}): AsyncGenerator<GenerateDelta, void, undefined> {
+    if (this.#closed) throw new PoolError('POOL_CLOSED', 'the pool is closed')
+    if (typeof prompt !== 'string') throw new PoolError('INVALID_INPUT', 'prompt must be a string')
+    if (options !== null && typeof options === 'object' && 'onProgress' in options) {
+      throw new PoolError('INVALID_INPUT', 'a stream reports its progress itself: onProgress is not taken')
+    }
+    return generateStream(this.#native, checkGenerate([prompt], options, this.#choice), this.#pending)
   }
 
   /**

@@ -4,7 +4,15 @@
 import type { BindingModelHistograms, BindingStatus, BindingWorkerStatus } from './binding.cjs'
 import { type Family, type HistogramData, type Labels, exposition, quantile } from './metrics.js'
 import type { RuntimeInfo } from './runtime.js'
-import type { CacheStatus, ModelStatus, PoolStatus, WorkerState, WorkerStatus } from './types.js'
+import type {
+  CacheStatus,
+  GenerationStatus,
+  ModelKind,
+  ModelStatus,
+  PoolStatus,
+  WorkerState,
+  WorkerStatus,
+} from './types.js'
 
 /** One read of the native pool (its counters and state, and its histograms per model) and of
  * the result cache's counters, when there is one. */
@@ -17,7 +25,13 @@ export interface Snapshot {
 /** What the mapping needs to know of the pool besides the snapshot. */
 export interface StatusContext {
   /** Name, path and output settings of each model, by index. */
-  models: readonly { name: string; path: string; pooling: ModelStatus['pooling']; normalize: boolean }[]
+  models: readonly {
+    name: string
+    path: string
+    kind: ModelKind
+    pooling: ModelStatus['pooling']
+    normalize: boolean
+  }[]
   /** `performance.now()` when the pool started, for rates and utilisation. */
   started: number
   /** The default model. */
@@ -57,12 +71,28 @@ export function toStatus(snapshot: Snapshot, context: StatusContext, now = perfo
   }))
   const models: Record<string, ModelStatus> = {}
   native.models.forEach((m, index) => {
-    const latency = (q: number) => {
-      const seconds = quantile(histograms[index].endToEnd, q)
+    const ms = (histogram: HistogramData | null | undefined, q: number) => {
+      const seconds = histogram ? quantile(histogram, q) : null
       return seconds === null ? null : seconds * 1000
     }
+    const latency = (q: number) => ms(histograms[index].endToEnd, q)
+    const h = histograms[index]
+    const generation: GenerationStatus | null = m.generation
+      ? {
+          layout: m.generation.layout,
+          cohorts: m.generation.cohorts,
+          rows: m.generation.rows,
+          tokens: m.generation.tokens,
+          steps: m.generation.steps,
+          tokensPerSecond: m.generation.tokensPerSecond,
+          timeToFirstTokenMs: { p50: ms(h.firstToken, 0.5), p99: ms(h.firstToken, 0.99) },
+          timePerTokenMs: { p50: ms(h.perToken, 0.5), p99: ms(h.perToken, 0.99) },
+        }
+      : null
     models[m.name] = {
       path: context.models[index].path,
+      kind: m.kind as ModelKind,
+      generation,
       pooling: context.models[index].pooling,
       normalize: context.models[index].normalize,
       dimension: m.dimension ?? null,
@@ -237,9 +267,50 @@ export function toMetrics(snapshot: Snapshot, context: StatusContext, now = perf
       type: 'histogram',
       samples: workerHistogram((h) => h.batchSize),
     },
+    ...generationFamilies(status, models, histograms),
   ]
   if (snapshot.cache !== undefined) families.push(...cacheFamilies(snapshot.cache))
   return exposition(families)
+}
+
+/** The seq2seq models' decoding as metric families (none when the pool has no such model). */
+function generationFamilies(
+  status: PoolStatus,
+  models: { name: string; index: number }[],
+  histograms: BindingModelHistograms[],
+): Family[] {
+  const seq2seq = models.filter((m) => status.models[m.name].generation !== null)
+  if (seq2seq.length === 0) return []
+  const per = (pick: (g: GenerationStatus) => number) =>
+    seq2seq.map((m) => ({ labels: { model: m.name }, value: pick(status.models[m.name].generation!) }))
+  const histogram = (pick: (h: BindingModelHistograms) => HistogramData | null | undefined) =>
+    seq2seq.flatMap((m) => {
+      const value = pick(histograms[m.index])
+      return value ? [{ labels: { model: m.name }, value }] : []
+    })
+  return [
+    {
+      name: 'inferpool_generated_tokens_total',
+      help: 'Tokens generated.',
+      type: 'counter',
+      samples: per((g) => g.tokens),
+    },
+    { name: 'inferpool_decode_steps_total', help: 'Decoder steps run.', type: 'counter', samples: per((g) => g.steps) },
+    { name: 'inferpool_cohorts', help: 'Cohorts decoding now.', type: 'gauge', samples: per((g) => g.cohorts) },
+    { name: 'inferpool_generating_rows', help: 'Prompts decoding now.', type: 'gauge', samples: per((g) => g.rows) },
+    {
+      name: 'inferpool_time_to_first_token_seconds',
+      help: 'Per prompt: from admitted to its first token.',
+      type: 'histogram',
+      samples: histogram((h) => h.firstToken),
+    },
+    {
+      name: 'inferpool_time_per_token_seconds',
+      help: 'Per token after a prompt\'s first: the time since its previous token.',
+      type: 'histogram',
+      samples: histogram((h) => h.perToken),
+    },
+  ]
 }
 
 /** The result cache's counters as metric families. */

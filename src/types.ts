@@ -7,6 +7,89 @@ import type { RuntimeInfo } from './runtime.js'
 /** How token states become one vector per text. */
 export type Pooling = 'mean' | 'cls'
 
+/** What a model computes. */
+export type ModelKind = 'embedding' | 'seq2seq'
+
+/** Options of {@link Pool.generate} and {@link Pool.generateStream}. */
+export interface GenerateOptions {
+  /**
+   * Name of the seq2seq model to use. Default: the default model when it is a seq2seq model,
+   * else the pool's only seq2seq model.
+   */
+  model?: string
+  /** Most tokens generated per prompt. Default: the model's `generation_config.json`, else 64. */
+  maxNewTokens?: number
+  /** The end-of-sequence token cannot end a text before this many tokens. Default 0. */
+  minNewTokens?: number
+  /** 0 (default) decodes greedily; above 0 samples from the logits divided by it. */
+  temperature?: number
+  /** When sampling, only among the `topK` most likely tokens (0, the default: all). */
+  topK?: number
+  /** When sampling, only among the most likely tokens whose probabilities reach `topP` (default 1: all). */
+  topP?: number
+  /** Seed of the sampling: the same seed, prompts and options give the same texts. */
+  seed?: number
+  /** A text ends before the first of these it would contain (`finishReason: 'stop'`); at most 16. */
+  stop?: string | readonly string[]
+  /** Divides the logits of tokens already generated (Hugging Face's `repetition_penalty`). Default 1: off. */
+  repetitionPenalty?: number
+  /** `'interactive'` calls are served before `'bulk'` ones (the default). */
+  priority?: Priority
+  /** Aborting rejects the call with `ABORTED`; its prompts leave the decoder at the next step. */
+  signal?: AbortSignal
+  /** Rejects the call with `TIMEOUT` when it has not finished within this many milliseconds. */
+  timeoutMs?: number
+  /** Called each time another prompt of the call has finished (by `generate`, not by a stream). */
+  onProgress?: (progress: Progress) => void
+}
+
+/** Why a generated text ended. */
+export type FinishReason = 'eos' | 'length' | 'stop'
+
+/** One prompt's result of {@link Pool.generate}. */
+export interface Generated {
+  /** The generated text (special tokens skipped; a stop sequence and what follows excluded). */
+  text: string
+  /** The generated token ids (the end-of-sequence token excluded). */
+  tokens: number[]
+  /** `'eos'`: the model ended it; `'length'`: `maxNewTokens` were generated; `'stop'`: a stop sequence. */
+  finishReason: FinishReason
+}
+
+/**
+ * One piece of {@link Pool.generateStream}: the text a new token added (whole characters only),
+ * or, last, why the text ended. The pieces' texts joined are the text {@link Pool.generate}
+ * gives for the same prompt and options.
+ */
+export interface GenerateDelta {
+  /** New text; may be empty while a character spans several tokens. */
+  text: string
+  /** The token that made it; `null` on the last piece. */
+  token: number | null
+  /** Set on the last piece only. */
+  finishReason: FinishReason | null
+}
+
+/** A seq2seq model's decoding, in {@link ModelStatus}. */
+export interface GenerationStatus {
+  /** How its decoder is exported: `'merged'`, `'pair'` or `'no-past'`. */
+  layout: string
+  /** Cohorts (rows decoding in step) now, over every worker. */
+  cohorts: number
+  /** Prompts decoding now. */
+  rows: number
+  /** Tokens generated since the pool started. */
+  tokens: number
+  /** Decoder steps run since the pool started. */
+  steps: number
+  /** Tokens per second lately. */
+  tokensPerSecond: number
+  /** Time from a prompt's admission to its first token, milliseconds (histogram estimates; `null` before any). */
+  timeToFirstTokenMs: { p50: number | null; p99: number | null }
+  /** Time between two tokens of a prompt, milliseconds. */
+  timePerTokenMs: { p50: number | null; p99: number | null }
+}
+
 /** Queue class of a call: `interactive` is served before `bulk`; bulk is never starved. */
 export type Priority = 'interactive' | 'bulk'
 
@@ -162,6 +245,10 @@ export interface CacheStatus {
 export interface ModelStatus {
   /** Its ONNX file or folder. */
   path: string
+  /** What it computes. */
+  kind: ModelKind
+  /** A seq2seq model's decoding; `null` for an embedding model. */
+  generation: GenerationStatus | null
   /** How token states become one vector. */
   pooling: Pooling
   /** Whether its vectors are scaled to unit length. */
@@ -202,8 +289,13 @@ export interface ModelSpec {
    * an `.onnx` file inside one.
    */
   path: string
-  /** What it computes. Only `'embedding'` is supported. */
-  kind?: 'embedding'
+  /**
+   * What it computes: `'embedding'` (one vector per text) or `'seq2seq'` (text generation with
+   * an encoder-decoder such as T5, from a Hugging Face Optimum export). Default: what the
+   * folder holds (an `encoder_model.onnx` makes it `'seq2seq'`); given, a folder of the other
+   * kind fails with `MODEL_INVALID`.
+   */
+  kind?: ModelKind
   /** `'mean'` over real tokens (default) or `'cls'` (first token). */
   pooling?: Pooling
   /** Scale every embedding to unit length. Default `true`. */

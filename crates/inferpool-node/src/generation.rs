@@ -74,7 +74,7 @@ impl BindingGeneration {
     submit: SubmitOptions,
     on_delta: Option<DeltaCallback>,
   ) -> Self {
-    let params = Arc::new(inferpool_core::GenerateParams::from(&options));
+    let params = Arc::new(options.params(generator.config.max_new_tokens));
     let stop = options.stop;
     let on_delta = on_delta.map(Arc::new);
     let sinks: Vec<Arc<TextSink>> = (0..prompts.len())

@@ -63,8 +63,8 @@ pub struct BindingGenerateOptions {
   pub timeout_ms: Option<u32>,
   /// Prompts between two progress reports (1 when absent).
   pub progress_every: Option<u32>,
-  /// Most tokens per prompt.
-  pub max_new_tokens: u32,
+  /// Most tokens per prompt; the model's `generation_config.json` says, else 64, when absent.
+  pub max_new_tokens: Option<u32>,
   /// EOS cannot end a prompt's text before this many tokens.
   pub min_new_tokens: u32,
   /// 0 = greedy.
@@ -81,11 +81,18 @@ pub struct BindingGenerateOptions {
   pub stop: Vec<String>,
 }
 
-impl From<&BindingGenerateOptions> for GenerateParams {
+/// `maxNewTokens` when neither the call nor the model's `generation_config.json` says.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 64;
+
+impl BindingGenerateOptions {
+  /// The core's parameters; `model_max_new_tokens` is what the model's generation config says.
   #[expect(clippy::cast_possible_truncation, reason = "validated ranges in the TypeScript layer")]
-  fn from(options: &BindingGenerateOptions) -> Self {
-    Self {
-      max_new_tokens: options.max_new_tokens as usize,
+  pub(crate) fn params(&self, model_max_new_tokens: Option<usize>) -> GenerateParams {
+    let options = self;
+    GenerateParams {
+      max_new_tokens: options
+        .max_new_tokens
+        .map_or(model_max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS), |n| n as usize),
       min_new_tokens: options.min_new_tokens as usize,
       temperature: options.temperature as f32,
       top_k: options.top_k as usize,
