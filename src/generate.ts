@@ -2,7 +2,13 @@
 // native pool with its cancel wired to the caller's signal and timeout, and the stream of one
 // prompt's deltas.
 
-import type { BindingDelta, BindingGenerateOptions, BindingGeneration, BindingPool, BindingPriority } from './binding.cjs'
+import type {
+  BindingDelta,
+  BindingGenerateOptions,
+  BindingGeneration,
+  BindingPool,
+  BindingPriority,
+} from './binding.cjs'
 import { aborted, timedOut } from './call.js'
 import { MAX_INT, checkKeys, describe, integer, positiveInt, shown } from './check.js'
 import { PoolError, fromNative } from './errors.js'
@@ -105,7 +111,10 @@ export function checkGenerate(prompts: unknown, options: unknown, choice: Genera
   }
   const stop = given.stop === undefined ? [] : typeof given.stop === 'string' ? [given.stop] : given.stop
   if (!Array.isArray(stop) || stop.length > MAX_STOP || stop.some((s) => typeof s !== 'string' || s.length === 0)) {
-    throw new PoolError('INVALID_INPUT', `stop must be a non-empty string or up to ${MAX_STOP} of them, got ${shown(given.stop)}`)
+    throw new PoolError(
+      'INVALID_INPUT',
+      `stop must be a non-empty string or up to ${MAX_STOP} of them, got ${shown(given.stop)}`,
+    )
   }
   const maxNewTokens = integer('maxNewTokens', given.maxNewTokens, 1, MAX_NEW_TOKENS, undefined)
   const minNewTokens = integer('minNewTokens', given.minNewTokens, 0, MAX_NEW_TOKENS, 0)

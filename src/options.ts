@@ -294,7 +294,10 @@ export function resolveModels(
     }
     checkKeys(spec, MODEL_KEYS, where)
     if (spec.kind !== undefined && spec.kind !== 'embedding' && spec.kind !== 'seq2seq') {
-      throw new PoolError('INVALID_INPUT', `${where}.kind must be "embedding" or "seq2seq", got ${JSON.stringify(spec.kind)}`)
+      throw new PoolError(
+        'INVALID_INPUT',
+        `${where}.kind must be "embedding" or "seq2seq", got ${JSON.stringify(spec.kind)}`,
+      )
     }
     const own = spec.pooling ?? pooling
     if (own !== 'mean' && own !== 'cls') {

@@ -349,7 +349,10 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
    *
    * @throws {PoolError} every code {@link Pool.generate} throws.
    */
-  generateStream(prompt: string, options: Omit<GenerateOptions, 'onProgress'> = {}): AsyncGenerator<GenerateDelta, void, undefined> {
+  generateStream(
+    prompt: string,
+    options: Omit<GenerateOptions, 'onProgress'> = {},
+  ): AsyncGenerator<GenerateDelta, void, undefined> {
     if (this.#closed) throw new PoolError('POOL_CLOSED', 'the pool is closed')
     if (typeof prompt !== 'string') throw new PoolError('INVALID_INPUT', 'prompt must be a string')
     if (options !== null && typeof options === 'object' && 'onProgress' in options) {

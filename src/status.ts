@@ -306,7 +306,7 @@ function generationFamilies(
     },
     {
       name: 'inferpool_time_per_token_seconds',
-      help: 'Per token after a prompt\'s first: the time since its previous token.',
+      help: "Per token after a prompt's first: the time since its previous token.",
       type: 'histogram',
       samples: histogram((h) => h.perToken),
     },

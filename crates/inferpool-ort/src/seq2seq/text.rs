@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use inferpool_core::{FinishReason, TokenSink};
 use tokenizers::{Tokenizer, tokenizer::step_decode_stream};
 
-/// A piece of a streamed row.
+/// A piece of a streamed row: one per token, then the last one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delta {
   /// New text (may be empty when a token completes no character yet).
@@ -98,9 +98,6 @@ impl TextSink {
     let Some(on_delta) = &self.on_delta else { return };
     let text = state.text[state.emitted..end.max(state.emitted)].to_owned();
     state.emitted = end.max(state.emitted);
-    if text.is_empty() && finish.is_none() {
-      return;
-    }
     state.streamed = true;
     on_delta(Delta { text, token, finish });
   }
@@ -121,7 +118,8 @@ impl TokenSink for TextSink {
     )
     .ok()
     .flatten();
-    let Some(chunk) = chunk else { return false };
+    // Every token makes a delta, empty while the streaming decoder holds a character back.
+    let chunk = chunk.unwrap_or_default();
     // A stop sequence may start in text already held back: search from there.
     let from = state.emitted;
     state.text.push_str(&chunk);
