@@ -60,6 +60,7 @@ describe.each(LAYOUTS)('generation with the %s layout (files under onnx/: %s)', 
     for (const prompt of PROMPTS) {
       const [result] = await pool.generate([prompt], { maxNewTokens: MAX_NEW_TOKENS })
       expect(essentials(result), prompt).toEqual(essentials(expected.get(prompt)!))
+      expect(result.promptTokens, prompt).toBe(reference.encode(prompt).length)
     }
     // The fixture mixes both endings.
     const reasons = new Set(PROMPTS.map((p) => expected.get(p)!.finishReason))

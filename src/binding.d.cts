@@ -201,6 +201,11 @@ export interface BindingGenerated {
   tokens: Array<number>
   /** Why it ended. */
   finishReason: BindingFinishReason
+  /**
+   * Tokens of its prompt as the encoder was fed them (special tokens included, after
+   * truncation).
+   */
+  promptTokens: number
 }
 
 /** The options of one `generate` call, already validated by the TypeScript layer. */

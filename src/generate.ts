@@ -201,7 +201,12 @@ export async function generate(
     })
     report(prompts.length)
     if (progressError !== undefined) throw progressError
-    return done.map((g) => ({ text: g.text, tokens: g.tokens, finishReason: g.finishReason as FinishReason }))
+    return done.map((g) => ({
+      text: g.text,
+      tokens: g.tokens,
+      finishReason: g.finishReason as FinishReason,
+      promptTokens: g.promptTokens,
+    }))
   } finally {
     pending.delete(result)
     unwire()

@@ -54,6 +54,8 @@ export interface Generated {
   tokens: number[]
   /** `'eos'`: the model ended it; `'length'`: `maxNewTokens` were generated; `'stop'`: a stop sequence. */
   finishReason: FinishReason
+  /** Tokens of the prompt as the encoder was fed them (special tokens included, after truncation). */
+  promptTokens: number
 }
 
 /**

@@ -6,7 +6,9 @@ use std::{
   sync::{Arc, Mutex, PoisonError},
 };
 
-use inferpool_core::{CallHandle, Pool, PoolError, Sequence, SubmitOptions, TokenSink};
+use inferpool_core::{
+  CallHandle, Pool, PoolError, Sequence, SubmitOptions, TokenCounts, TokenSink,
+};
 use inferpool_ort::{Generator, seq2seq::TextSink};
 use napi::{
   Env, Status,
@@ -34,6 +36,9 @@ pub struct BindingGenerated {
   pub tokens: Vec<u32>,
   /// Why it ended.
   pub finish_reason: BindingFinishReason,
+  /// Tokens of its prompt as the encoder was fed them (special tokens included, after
+  /// truncation).
+  pub prompt_tokens: u32,
 }
 
 /// A piece of a streamed prompt: its new text and the token that made it, or, last, why it
@@ -62,6 +67,7 @@ pub struct BindingGeneration {
   handle: Arc<CallHandle>,
   answer: Mutex<Option<oneshot::Receiver<Outcome>>>,
   sinks: Vec<Arc<TextSink>>,
+  token_counts: TokenCounts,
 }
 
 impl BindingGeneration {
@@ -101,10 +107,12 @@ impl BindingGeneration {
         sink: Arc::clone(sink) as Arc<dyn TokenSink>,
       })
       .collect();
+    let token_counts = TokenCounts::default();
+    let submit = SubmitOptions { token_counts: Some(Arc::clone(&token_counts)), ..submit };
     let (handle, rx) = dispatch(submit, move |options, reply| {
       pool.generate(model, &prompts, sequences, options, reply)
     });
-    Self { handle, answer: Mutex::new(Some(rx)), sinks }
+    Self { handle, answer: Mutex::new(Some(rx)), sinks, token_counts }
   }
 }
 
@@ -115,15 +123,18 @@ impl BindingGeneration {
   pub fn result<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Vec<BindingGenerated>>> {
     let answer = self.answer.lock().unwrap_or_else(PoisonError::into_inner).take();
     let sinks = self.sinks.clone();
+    let counts = Arc::clone(&self.token_counts);
     promise(env, async move {
       let Some(answer) = answer else {
         return Err(coded(BindingErrorCode::Internal, "the result of a call was asked for twice"));
       };
       let lost = |_| coded(BindingErrorCode::Internal, "a call was dropped without an answer");
       answer.await.map_err(lost)?.map_err(|e| pool_error(&e))?;
+      let counts = counts.get().cloned().unwrap_or_default();
       sinks
         .iter()
-        .map(|sink| {
+        .enumerate()
+        .map(|(i, sink)| {
           let done = sink.generated().ok_or_else(|| {
             coded(BindingErrorCode::Internal, "a prompt was answered without its text")
           })?;
@@ -131,6 +142,7 @@ impl BindingGeneration {
             text: done.text,
             tokens: done.tokens,
             finish_reason: done.finish.into(),
+            prompt_tokens: counts.get(i).copied().map_or(0, index),
           })
         })
         .collect()
