@@ -139,6 +139,14 @@ describe('generation, the rest', () => {
     const [stopped] = await pool.generate([PROMPTS[5]], { maxNewTokens: 20, stop: [stop] })
     expect(stopped.finishReason).toBe('stop')
     expect(stopped.text).toBe(full.text.slice(0, full.text.indexOf(stop)))
+    // A stream holds back what may become the stop sequence: it never shows it.
+    let streamed = ''
+    for await (const delta of pool.generateStream(PROMPTS[5], { maxNewTokens: 20, stop })) {
+      streamed += delta.text
+      expect(streamed).not.toContain(stop)
+      if (delta.finishReason !== null) expect(delta.finishReason).toBe('stop')
+    }
+    expect(streamed).toBe(stopped.text)
   })
 
   it('samples reproducibly with a seed', async () => {

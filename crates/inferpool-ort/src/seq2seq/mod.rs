@@ -193,3 +193,94 @@ impl Seq2SeqFiles {
     })
   }
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::test_folder::ModelFolder;
+
+  /// A folder with the files `names` (empty), `config` as `config.json`.
+  fn folder(names: &[&str], config: &str) -> ModelFolder {
+    let folder = ModelFolder::new(0);
+    std::fs::remove_file(folder.path("model.onnx")).unwrap();
+    std::fs::write(folder.path("config.json"), config).unwrap();
+    for name in names {
+      let path = folder.path(name);
+      std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+      std::fs::write(path, b"x").unwrap();
+    }
+    folder
+  }
+
+  const T5: &str = r#"{"d_model": 512, "num_layers": 6, "num_heads": 8, "d_kv": 64,
+    "decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}"#;
+
+  #[test]
+  fn finds_each_layout_at_the_root_or_under_onnx() {
+    let cases: [(&[&str], &str); 4] = [
+      (
+        &["onnx/encoder_model.onnx", "onnx/decoder_model_merged.onnx", "onnx/decoder_model.onnx"],
+        "merged",
+      ),
+      (&["encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"], "pair"),
+      (&["onnx/encoder_model.onnx", "onnx/decoder_model.onnx"], "no-past"),
+      (&["encoder_model.onnx", "decoder_model_merged.onnx"], "merged"),
+    ];
+    for (names, layout) in cases {
+      let folder = folder(names, T5);
+      assert!(Seq2SeqFiles::detect(folder.dir()));
+      let files = Seq2SeqFiles::resolve(folder.dir()).unwrap();
+      assert_eq!(files.layout.name(), layout, "{names:?}");
+      assert!(files.encoder.ends_with("encoder_model.onnx"));
+      assert_eq!(
+        files.weight_bytes(),
+        names.len().min(if layout == "pair" { 3 } else { 2 }) as u64
+      );
+    }
+  }
+
+  #[test]
+  fn a_folder_without_a_decoder_or_encoder_names_what_is_missing() {
+    let folder = folder(&["onnx/encoder_model.onnx"], T5);
+    let error = Seq2SeqFiles::resolve(folder.dir()).unwrap_err();
+    assert_eq!(error.kind, BackendErrorKind::Model);
+    assert!(error.message.contains("decoder_model_merged.onnx"), "{error}");
+    let folder = folder_without_encoder();
+    assert!(!Seq2SeqFiles::detect(folder.dir()));
+    let error = Seq2SeqFiles::resolve(folder.dir()).unwrap_err();
+    assert!(error.message.contains("no encoder_model.onnx"), "{error}");
+  }
+
+  fn folder_without_encoder() -> ModelFolder {
+    folder(&["onnx/decoder_model.onnx"], T5)
+  }
+
+  #[test]
+  fn reads_the_ids_and_shapes_from_the_configs() {
+    let folder = folder(&["encoder_model.onnx", "decoder_model.onnx"], T5);
+    let files = Seq2SeqFiles::resolve(folder.dir()).unwrap();
+    let config = files.config().unwrap();
+    assert_eq!((config.decoder_start, config.eos, config.pad), (0, 1, 0));
+    assert_eq!((config.layers, config.heads, config.d_kv, config.max_new_tokens), (6, 8, 64, None));
+    // generation_config.json wins, an EOS list gives its first id, d_kv falls back to
+    // d_model / heads, decoder layers to num_layers.
+    std::fs::write(
+      folder.path("generation_config.json"),
+      r#"{"eos_token_id": [5, 6], "decoder_start_token_id": 3, "max_new_tokens": 40}"#,
+    )
+    .unwrap();
+    std::fs::write(
+      folder.path("config.json"),
+      r#"{"d_model": 512, "num_layers": 4, "num_decoder_layers": 2, "num_heads": 8, "pad_token_id": 0, "eos_token_id": 1}"#,
+    )
+    .unwrap();
+    let config = files.config().unwrap();
+    assert_eq!((config.decoder_start, config.eos, config.layers, config.d_kv), (3, 5, 2, 64));
+    assert_eq!(config.max_new_tokens, Some(40));
+    std::fs::write(folder.path("config.json"), r#"{"num_heads": 8}"#).unwrap();
+    let error = files.config().unwrap_err();
+    assert!(error.message.contains("pad_token_id"), "{error}");
+    std::fs::write(folder.path("config.json"), "not json").unwrap();
+    assert!(files.config().unwrap_err().message.contains("not valid JSON"));
+  }
+}
