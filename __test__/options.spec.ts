@@ -260,7 +260,10 @@ describe('models', () => {
     [{ models: Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`m${i}`, 'x'])) }, /1 to 64 models, got 65/],
     [{ models: ['a'] }, /models must be an object of \{ name: path or model spec \}/],
     [{ models: { a: '' } }, /models\["a"\] must be "default", a path, or \{ path, \.\.\. \}/],
-    [{ models: { a: { path: 'a', kind: 'generation' } } }, /models\["a"\]\.kind must be "embedding", got "generation"/],
+    [
+      { models: { a: { path: 'a', kind: 'generation' } } },
+      /models\["a"\]\.kind must be "embedding" or "seq2seq", got "generation"/,
+    ],
     [{ models: { a: { path: 'a', pooling: 'max' } } }, /models\["a"\]\.pooling must be "mean" or "cls"/],
     [{ models: { a: { path: 'a', normalize: 1 } } }, /models\["a"\]\.normalize must be a boolean/],
     [
