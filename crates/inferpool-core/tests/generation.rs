@@ -326,3 +326,49 @@ fn closing_with_cancel_fails_decoding_rows() {
   assert_eq!(answer.recv_timeout(WAIT).unwrap(), Err(PoolError::Closed));
   assert_eq!(pool.stats().outstanding, 0);
 }
+
+#[test]
+fn one_worker_switches_between_an_embedding_and_a_generation_model() {
+  // Room for one model at a time: each call makes the worker switch.
+  let config = PoolConfig { memory_budget: vec![150], ..config(1, 8) };
+  let models = Models {
+    models: vec![
+      ModelConfig {
+        kind: ModelKind::Seq2Seq,
+        memory: 100,
+        ..ModelConfig::new("t5", Arc::new(SimTokenizer))
+      },
+      ModelConfig { memory: 100, ..ModelConfig::new("embed", Arc::new(SimTokenizer)) },
+    ],
+    factory: Box::new(|_, model| {
+      Ok(if model == 0 {
+        Box::new(SimSeq2Seq::default()) as Box<dyn Backend>
+      } else {
+        Box::new(SimBackend { dimension: 4, ..SimBackend::default() })
+      })
+    }),
+    preload: vec![0],
+    events: None,
+  };
+  let pool = Pool::with_models(&config, models).expect("pool starts");
+  for round in 0..3 {
+    let prompt = format!("round {round}");
+    let (sinks, _t, answer) = generate(&pool, 0, &[prompt.as_str()], &params(30), Collect::default);
+    answer.recv_timeout(WAIT).unwrap().unwrap();
+    check(&prompt, &sinks[0], 30);
+    let (tx, rx) = mpsc::channel();
+    pool
+      .submit_to(
+        1,
+        &[prompt.clone()],
+        SubmitOptions::default(),
+        Box::new(move |r| tx.send(r).unwrap()),
+      )
+      .unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap().unwrap().len(), 4);
+  }
+  let stats = pool.stats();
+  assert!(stats.workers[0].switches >= 5, "{:?}", stats.workers[0].switches);
+  assert_eq!(stats.workers[0].memory_used, 100);
+  pool.close(CloseMode::Drain);
+}
