@@ -360,7 +360,7 @@ fn one_worker_switches_between_an_embedding_and_a_generation_model() {
     pool
       .submit_to(
         1,
-        &[prompt.clone()],
+        std::slice::from_ref(&prompt),
         SubmitOptions::default(),
         Box::new(move |r| tx.send(r).unwrap()),
       )
