@@ -26,7 +26,7 @@ const MAX_NEW_TOKENS = 24
 const root = mkdtempSync(join(tmpdir(), 'inferpool-generation-'))
 afterAll(() => rmSync(root, { recursive: true, force: true }))
 
-const essentials = ({ tokens, text, finishReason }: Pick<Generation, 'tokens' | 'text' | 'finishReason'>) => ({
+const essentials = ({ tokens, text, finishReason }: { tokens: number[]; text: string; finishReason: string }) => ({
   tokens,
   text,
   finishReason,

@@ -4,6 +4,7 @@
 import type { BindingPool, BindingPriority } from './binding.cjs'
 import { PoolError, fromNative } from './errors.js'
 import type { Call } from './options.js'
+import type { Progress } from './types.js'
 
 /** Texts between two `onProgress` reports of one call. */
 const PROGRESS_PART = 256
@@ -34,19 +35,7 @@ export async function submit(
   if (texts.length === 0) return { embeddings: [], tokenCounts: countTokens ? new Uint32Array(0) : undefined }
   // Progress comes from the native call as its texts complete: the call stays one call,
   // admitted (or refused) as a whole.
-  const started = performance.now()
-  let reported = 0
-  let progressError: unknown
-  const report = (done: number) => {
-    if (done <= reported || progressError !== undefined || onProgress === undefined) return
-    reported = done
-    const seconds = (performance.now() - started) / 1000
-    try {
-      onProgress({ done, total: texts.length, itemsPerSecond: seconds > 0 ? done / seconds : 0 })
-    } catch (error) {
-      progressError = error
-    }
-  }
+  const { report, rethrow } = progress(texts.length, onProgress)
   // The native call object is this call's own handle: a cancel reaches it (and only it) at
   // any time, while its texts are still being tokenized too. With `whenFull: 'wait'`, a call
   // beyond the limit waits natively, in call order, and its signal and timeout still apply
@@ -82,8 +71,36 @@ export async function submit(
     signal?.removeEventListener('abort', onAbort)
   }
   report(texts.length)
-  if (progressError !== undefined) throw progressError
+  rethrow()
   return { embeddings: rows(flat, texts.length), tokenCounts: native.tokenCounts() ?? undefined }
+}
+
+/**
+ * A call's progress reports: `report(done)` tells `onProgress` (once per new count) and keeps
+ * what it throws, which `rethrow()` throws once the call has settled.
+ */
+export function progress(
+  total: number,
+  onProgress: ((progress: Progress) => void) | undefined,
+): { report: (done: number) => void; rethrow: () => void } {
+  const started = performance.now()
+  let reported = 0
+  let failure: { error: unknown } | undefined
+  return {
+    report(done) {
+      if (done <= reported || failure !== undefined || onProgress === undefined) return
+      reported = done
+      const seconds = (performance.now() - started) / 1000
+      try {
+        onProgress({ done, total, itemsPerSecond: seconds > 0 ? done / seconds : 0 })
+      } catch (error) {
+        failure = { error }
+      }
+    },
+    rethrow() {
+      if (failure !== undefined) throw failure.error
+    },
+  }
 }
 
 /** `flat` cut into `count` equal rows (views). */

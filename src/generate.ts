@@ -9,7 +9,7 @@ import type {
   BindingPool,
   BindingPriority,
 } from './binding.cjs'
-import { aborted, timedOut } from './call.js'
+import { aborted, progress, timedOut } from './call.js'
 import { MAX_INT, checkKeys, describe, integer, positiveInt, shown } from './check.js'
 import { PoolError, fromNative } from './errors.js'
 import { type ModelChoice, modelIndex } from './options.js'
@@ -175,17 +175,7 @@ export async function generate(
   const { signal, timeoutMs, onProgress, prompts } = call
   if (signal?.aborted) throw aborted(signal)
   if (prompts.length === 0) return []
-  const started = performance.now()
-  let progressError: unknown
-  const report = (done: number) => {
-    if (onProgress === undefined || progressError !== undefined) return
-    const seconds = (performance.now() - started) / 1000
-    try {
-      onProgress({ done, total: prompts.length, itemsPerSecond: seconds > 0 ? done / seconds : 0 })
-    } catch (error) {
-      progressError = error
-    }
-  }
+  const { report, rethrow } = progress(prompts.length, onProgress)
   const native = pool.generate(
     call.model,
     prompts,
@@ -200,7 +190,7 @@ export async function generate(
       throw failure(error, signal, timeoutMs)
     })
     report(prompts.length)
-    if (progressError !== undefined) throw progressError
+    rethrow()
     return done.map((g) => ({
       text: g.text,
       tokens: g.tokens,
