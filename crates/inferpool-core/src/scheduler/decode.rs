@@ -117,7 +117,15 @@ impl WorkerThread {
     worker.models[model].histograms.batch_size.record_count(count);
     worker.batches.fetch_add(1, Ordering::Relaxed);
     let state = match encoded {
-      Ok(state) => state,
+      Ok(state) => {
+        // The encoder's speed sizes this worker's share of the model's queue, as a batch's
+        // speed does for an embedding model.
+        let padded = batch.iter().map(Queued::len).max().unwrap_or(0) * count;
+        let elapsed = started.elapsed();
+        self.models[model].budget.observe(padded, elapsed);
+        self.record_speed(model, count, padded, elapsed);
+        state
+      }
       Err(error) => {
         shared.in_flight.fetch_sub(count, Ordering::Relaxed);
         shared.in_flight_tokens.fetch_sub(tokens, Ordering::Relaxed);
