@@ -215,7 +215,7 @@ export function toMetrics(snapshot: Snapshot, context: StatusContext, now = perf
     },
     {
       name: 'inferpool_memory_used_bytes',
-      help: 'Estimated memory of the models a worker holds.',
+      help: 'Estimated memory of the models a worker holds and of the caches of the prompts it decodes.',
       type: 'gauge',
       samples: perWorker((w) => w.memoryUsedBytes),
     },

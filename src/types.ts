@@ -176,7 +176,7 @@ export interface WorkerStatus {
   switches: number
   /** Models it evicted. */
   evictions: number
-  /** Estimated memory of the models it holds, bytes. */
+  /** Estimated memory of the models it holds and of the caches of the prompts it decodes, bytes. */
   memoryUsedBytes: number
   /** Its share of its device's memory budget, bytes (`Infinity` = unlimited). */
   memoryBudgetBytes: number
