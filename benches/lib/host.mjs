@@ -6,10 +6,15 @@ const CHILD = fileURLToPath(new URL('./child.mjs', import.meta.url))
 
 /**
  * Starts the process for `contender`, loads and warms it up; resolves with
- * `{ info, run(spec), close() }` once it is ready.
+ * `{ info, run(spec), close() }` once it is ready. `child`: another script speaking the same
+ * messages (default child.mjs); `execArgv`: the child's Node options (default: the parent's).
  */
-export async function startContender(contender, init) {
-  const child = fork(CHILD, [], { serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+export async function startContender(contender, init, { child: script = CHILD, execArgv } = {}) {
+  const child = fork(script, [], {
+    serialization: 'advanced',
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    ...(execArgv === undefined ? {} : { execArgv }),
+  })
   const pending = new Map()
   let nextId = 0
   const exited = new Promise((resolve) => child.once('exit', resolve))
