@@ -372,3 +372,32 @@ fn one_worker_switches_between_an_embedding_and_a_generation_model() {
   assert_eq!(stats.workers[0].memory_used, 100);
   pool.close(CloseMode::Drain);
 }
+
+#[test]
+fn a_burst_of_prompts_decodes_in_few_large_cohorts() {
+  let seq2seq =
+    SimSeq2Seq { per_step: Duration::from_millis(1), per_prompt: Duration::from_micros(200) };
+  let pool = mixed_pool(&config(2, 64), seq2seq);
+  // Long enough that every row decodes as many steps: rows per step is the cohort size.
+  let prompts: Vec<String> = (0..64).map(|i| format!("long prompt {i}")).collect();
+  // One call of 64, then 64 calls of one, from many threads at once.
+  let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+  let (_, _t, answer) = generate(&pool, 0, &refs, &params(40), Collect::default);
+  answer.recv_timeout(WAIT).unwrap().unwrap();
+  let one_call = pool.stats().models[0].generation.clone().unwrap();
+  assert_eq!(one_call.tokens, 64 * 40);
+  assert!(one_call.steps <= 2 * 40, "{} steps: more than one cohort per worker", one_call.steps);
+  std::thread::scope(|scope| {
+    for prompt in &prompts {
+      let pool = &pool;
+      scope.spawn(move || {
+        let (_, _t, answer) = generate(pool, 0, &[prompt.as_str()], &params(40), Collect::default);
+        answer.recv_timeout(WAIT).unwrap().unwrap();
+      });
+    }
+  });
+  let steps = pool.stats().models[0].generation.as_ref().unwrap().steps - one_call.steps;
+  // Calls that arrive together start together (`cohort_gather`): a few cohorts, not 64.
+  assert!(steps <= 4 * 40, "{steps} steps for 64 prompts of 40 tokens");
+  pool.close(CloseMode::Drain);
+}

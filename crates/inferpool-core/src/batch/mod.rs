@@ -63,6 +63,9 @@ pub struct BatchPolicy {
   /// Bulk goes first on every `fairness_interval`-th batch of a worker, even when interactive
   /// work waits (tokio's `global_queue_interval` idea); 0 never lets bulk go first.
   pub fairness_interval: u32,
+  /// A worker that decodes nothing holds a seq2seq model's partial batch open until its oldest
+  /// prompt has waited this long, so that a burst of calls becomes one cohort.
+  pub cohort_gather: Duration,
 }
 
 /// How a free worker sizes its part of a model's queued tokens.
@@ -88,6 +91,7 @@ impl Default for BatchPolicy {
       first_batch_divisor: 4,
       target_latency: Duration::from_secs(2),
       fairness_interval: 4,
+      cohort_gather: Duration::from_millis(2),
     }
   }
 }

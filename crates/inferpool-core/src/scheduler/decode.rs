@@ -316,6 +316,7 @@ impl WorkerThread {
     }
     let rows = std::mem::take(&mut cohort.rows);
     let mut indices = Vec::with_capacity(rows.len());
+    let mut answers = Vec::new();
     for (index, (row, keep)) in rows.into_iter().zip(keep).enumerate() {
       if *keep {
         cohort.rows.push(row);
@@ -325,11 +326,18 @@ impl WorkerThread {
         let index = row.item.index;
         // The item leaves `outstanding` before its request may be answered.
         drop(self.release(model, row));
-        request.complete_row(index, &[]);
+        answers.push((request, index));
       }
     }
-    if cohort.rows.is_empty() {
+    let empty = cohort.rows.is_empty();
+    if empty {
       self.registry.models[model].generation.cohorts.fetch_sub(1, Ordering::Relaxed);
+    }
+    // Answered once the counts are settled: a caller never sees its own rows still counted.
+    for (request, index) in answers {
+      request.complete_row(index, &[]);
+    }
+    if empty {
       return None;
     }
     if let Err(error) = cohort.state.retain(&indices) {
@@ -395,10 +403,29 @@ impl WorkerThread {
     }
   }
 
-  /// Prompts whose encoding or decoding failed: retried elsewhere or failed
-  /// ([`WorkerThread::retry_or_fail`]), and the worker backs off unless the input was at fault.
-  fn settle_rows(&mut self, items: Vec<Queued>, error: &BackendError) {
+  /// Prompts whose encoding or decoding failed. One prompt can make a whole cohort fail: with
+  /// several, each half starts again as a cohort of its own (and a failing half is halved
+  /// again), so that only the prompts that fail on their own are retried elsewhere or failed
+  /// ([`WorkerThread::retry_or_fail`]) and count against the worker.
+  fn settle_rows(&mut self, mut items: Vec<Queued>, error: &BackendError) {
     let cancelling = self.registry.closing() == CANCEL;
+    if items.len() > 1 && !cancelling && error.kind != BackendErrorKind::OutOfMemory {
+      let model = items[0].request.model;
+      let second = items.split_off(items.len() / 2);
+      self.start_cohort(model, items);
+      self.start_cohort(model, second);
+      return;
+    }
+    if error.kind == BackendErrorKind::OutOfMemory && items.len() > 1 && !cancelling {
+      // Smaller cohorts may fit: the budget halves, and the prompts wait for their turn here.
+      let model = items[0].request.model;
+      let padded = items.iter().map(Queued::len).max().unwrap_or(0) * items.len();
+      self.models[model].budget.out_of_memory(padded);
+      for item in items {
+        self.models[model].deque.push(item);
+      }
+      return;
+    }
     for item in items {
       self.retry_or_fail(item, error, cancelling);
     }

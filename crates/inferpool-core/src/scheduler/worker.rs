@@ -277,6 +277,25 @@ impl WorkerThread {
     share.saturating_add(queued / queued_items.max(1) / 2).max(1)
   }
 
+  /// How many of `model`'s queued prompts (`held` of them in this worker's hands) this worker
+  /// takes: enough that every serving worker holding the model decodes as many of its rows as
+  /// the others once the queue is shared out.
+  pub(crate) fn even_split(&self, model: usize, held: usize) -> usize {
+    let registry = &self.registry;
+    let others = registry
+      .workers
+      .iter()
+      .enumerate()
+      .filter(|(i, w)| *i != self.index && w.holds(model) && w.state().serves())
+      .count();
+    let shared = &registry.models[model];
+    let queued = shared.queued_items().max(held);
+    // Rows being encoded by the others count too: they are about to decode.
+    let decoding = shared.in_flight.load(Ordering::Relaxed);
+    let mine: usize = self.models[model].cohorts.iter().map(|c| c.rows.len()).sum();
+    (decoding + queued).div_ceil(others + 1).saturating_sub(mine).max(1)
+  }
+
   /// Picks a model and finds its next batch. `None` when nothing is runnable anywhere for the
   /// models this worker may run.
   pub(crate) fn find_work(&mut self) -> Option<(usize, Vec<Queued>)> {
@@ -298,9 +317,11 @@ impl WorkerThread {
     if cap == 0 {
       return None;
     }
-    let share = self.share(model);
+    let seq2seq = self.registry.models[model].config.kind == crate::ModelKind::Seq2Seq;
+    let share = if seq2seq { usize::MAX } else { self.share(model) };
     let mut budget = self.models[model].budget.tokens().min(share);
-    if self.shared().models[model].token_speed.load(Ordering::Relaxed) == 0 {
+    // A cohort's rows are split by count, below, not by tokens.
+    if !seq2seq && self.shared().models[model].token_speed.load(Ordering::Relaxed) == 0 {
       // Speed not measured yet: a smaller first batch measures it.
       budget = budget.div_ceil(policy.first_batch_divisor.max(1));
     }
@@ -320,8 +341,12 @@ impl WorkerThread {
         // Everything gathered was dead (answered or expired): look again, more may be queued.
         continue;
       }
-      if !held
-        && !policy.max_wait.is_zero()
+      // An idle worker may hold a partial batch open for more arrivals: once for `max_wait`;
+      // for a seq2seq model, until its oldest prompt has waited `cohort_gather` (a burst of
+      // calls then starts as one cohort rather than one cohort per call).
+      let window = if seq2seq { policy.cohort_gather } else { policy.max_wait };
+      if (!held || seq2seq)
+        && !window.is_zero()
         && !self.decoding()
         && candidates.len() < cap
         && self.registry.closing() == OPEN
@@ -329,23 +354,29 @@ impl WorkerThread {
         let oldest =
           candidates.iter().map(|c| c.admitted_at).min().expect("candidates is not empty");
         let waited = oldest.elapsed();
-        if waited < policy.max_wait {
-          // Hold the partial batch open once: put it back and wait for more arrivals.
+        if waited < window {
           held = true;
           let seen = self.registry.sleep.epoch();
           for item in candidates {
             self.models[model].deque.push(item);
           }
-          let wait = policy.max_wait.saturating_sub(waited);
+          let wait = window.saturating_sub(waited);
           self.registry.sleep.sleep(self.index, seen, Some(wait));
           continue;
         }
       }
+      // The prompts are shared out so that the workers holding the model decode as many rows
+      // each: each step costs a run of the whole decoder, so rows decode best in few, large
+      // cohorts.
+      let cap = if seq2seq { cap.min(self.even_split(model, candidates.len())) } else { cap };
+      // A seq2seq batch becomes a cohort: every row it leaves out decodes in a cohort of its
+      // own, each step a run of the whole decoder, while padding costs only encoder work.
+      let max_padding = if seq2seq { f64::INFINITY } else { policy.max_padding };
       let mut selection = select(
         candidates,
         cap,
         budget,
-        policy.max_padding,
+        max_padding,
         self.models[model].budget.cost_model().filter(|_| policy.pad_within_batch_cost),
         if bulk_first { Priority::Bulk } else { Priority::Interactive },
       );
@@ -353,7 +384,13 @@ impl WorkerThread {
       // run of similar lengths that batches with little padding.
       selection.rest.sort_by_key(Queued::len);
       for item in selection.rest {
-        self.models[model].deque.push(item);
+        if seq2seq {
+          // Left for the other workers' shares: whole, where one of them takes it in one go
+          // (a steal would take half of it, and the rest would start cohorts of its own).
+          self.registry.push(item);
+        } else {
+          self.models[model].deque.push(item);
+        }
       }
       if !self.models[model].deque.is_empty() || !self.registry.models[model].queues.is_empty() {
         // Work is left: let an idle worker that holds the model have it.
