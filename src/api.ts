@@ -93,8 +93,8 @@ export interface TeiRequest {
   dimensions?: number
 }
 
-/** `input` / `inputs`: a string or an array of strings (token arrays are not taken). */
-const TEXTS_SCHEMA = { anyOf: [{ type: 'string' }, { type: 'array', minItems: 1, items: { type: 'string' } }] }
+/** `input` / `inputs` / `prompt`: a string or an array of strings (token arrays are not taken). */
+export const TEXTS_SCHEMA = { anyOf: [{ type: 'string' }, { type: 'array', minItems: 1, items: { type: 'string' } }] }
 
 /** JSON schema of {@link OpenAIRequest}: unknown keys are refused, as OpenAI's API does. */
 export const OPENAI_SCHEMA = {

@@ -11,6 +11,7 @@ import type { FastifyInstance } from 'fastify'
 
 import type * as Scaleout from './bullmq/index.js'
 import { chunkText } from './chunk.js'
+import { MAX_NEW_TOKENS, decimal, generateCommand, integerIn, stopText } from './cli-generate.js'
 import { PoolError } from './errors.js'
 import { Pool } from './pool.js'
 import type { ModelSpec } from './types.js'
@@ -275,7 +276,7 @@ async function serveCommand(opts: ServeOptions): Promise<void> {
 
 const program = new Command()
   .name('inferpool')
-  .description('Batched embeddings on Rust threads with ONNX Runtime')
+  .description('Batched embeddings and text generation on Rust threads with ONNX Runtime')
   .showHelpAfterError()
 
 program
@@ -289,6 +290,38 @@ program
   .option('--max-chars <n>', 'longest chunk in characters', positive, 1000)
   .option('--no-progress', 'do not show a progress bar')
   .action(embedCommand)
+
+program
+  .command('generate')
+  .description(
+    'generate a text for each line of the files with a seq2seq (T5-style) model and write JSON Lines {id, prompt, text, finishReason}',
+  )
+  .argument('<files...>', 'text files of prompts, one per line (blank lines are skipped); - reads standard input')
+  .requiredOption(
+    '-m, --model <path>',
+    'seq2seq model folder (encoder_model.onnx and a decoder); required: the built-in model only embeds',
+  )
+  .option('-o, --out <file>', 'write JSON Lines here instead of standard output')
+  .option('-d, --devices <list>', 'comma-separated devices: cpu, cuda:N', 'cpu')
+  .option('--cpu-workers <n>', 'worker threads on the CPU', positive)
+  .option(
+    '--max-new-tokens <n>',
+    "most tokens per text (default: the model's generation_config.json, else 64)",
+    integerIn(1, MAX_NEW_TOKENS),
+  )
+  .option('--min-new-tokens <n>', 'the model cannot end a text before this many tokens', integerIn(0, MAX_NEW_TOKENS))
+  .option('--temperature <t>', '0 (default) decodes greedily; above 0 samples', decimal(0, 100))
+  .option('--top-k <k>', 'sample among the k most likely tokens only (0: all)', integerIn(0, 2 ** 31 - 1))
+  .option('--top-p <p>', 'sample among the most likely tokens up to this probability (1: all)', decimal(0, 1, true))
+  .option(
+    '--seed <n>',
+    'seed of the sampling: the same seed gives the same texts',
+    integerIn(0, Number.MAX_SAFE_INTEGER),
+  )
+  .option('--stop <text>', 'end a text before this text; repeat for several (at most 16)', stopText, [])
+  .option('--repetition-penalty <x>', 'divide the logits of tokens already generated (1: off)', decimal(0, 100, true))
+  .option('--no-progress', 'do not show a progress bar')
+  .action(generateCommand)
 
 program
   .command('worker')
@@ -313,7 +346,8 @@ program
 program
   .command('serve')
   .description(
-    'serve the pool over HTTP: OpenAI /v1/embeddings, TEI /embed, /v1/models, /info, /health, /metrics ' +
+    'serve the pool over HTTP: OpenAI /v1/embeddings and /v1/completions (seq2seq models), TEI /embed, ' +
+      '/v1/models, /info, /health, /metrics ' +
       '(needs fastify; with INFERPOOL_API_KEY set, requests need Authorization: Bearer <key>)',
   )
   .option(

@@ -1,5 +1,6 @@
-// The embedding server: OpenAI's `/v1/embeddings` and TEI's `/embed` over one pool, with
-// `/v1/models`, `/info`, `/health` and `/metrics`, on fastify. fastify is imported here, when a
+// The server: OpenAI's `/v1/embeddings` and TEI's `/embed` over one pool, OpenAI's
+// `/v1/completions` over its seq2seq models (completions.ts), with `/v1/models`, `/info`,
+// `/health` and `/metrics`, on fastify. fastify is imported here, when a
 // server is created, so that a program that only uses the pool never loads it.
 
 import { createHash, timingSafeEqual } from 'node:crypto'
@@ -26,6 +27,7 @@ import {
   toHttpError,
   unit,
 } from './api.js'
+import { addCompletions } from './completions.js'
 import { PoolError } from './errors.js'
 import { type Family, exposition } from './metrics.js'
 import type { Pool } from './pool.js'
@@ -66,10 +68,12 @@ async function loadFastify(): Promise<typeof import('fastify').default> {
  * - `POST /v1/embeddings`, `POST /embeddings`: OpenAI's embeddings API (`input`, `model` by
  *   pool model name, `encoding_format` `float` or `base64`, `dimensions`, `usage`).
  * - `POST /embed`: text-embeddings-inference's (`inputs`, `normalize`, `dimensions`).
+ * - `POST /v1/completions`: OpenAI's completions API over the pool's seq2seq models (`prompt`,
+ *   `max_tokens`, `temperature`, `top_p`, `stop`, `seed`, `stream` as Server-Sent Events).
  * - `GET /v1/models`, `GET /info`, `GET /health` (503 while closing or when no worker can
  *   serve), `GET /metrics` (the pool's and the process's, Prometheus text format).
  *
- * A client that disconnects cancels its texts that have not started.
+ * A client that disconnects cancels its texts that have not started, and its prompts decoding.
  *
  * @throws {PoolError} `INVALID_INPUT` for malformed options.
  */
@@ -194,6 +198,8 @@ export async function createServer(pool: Pool, options: ServerOptions = {}): Pro
   }
   app.post('/embed', { schema: { body: TEI_SCHEMA } }, tei)
 
+  addCompletions(app, { pool, settings, model, priority, disconnected })
+
   const started = Math.floor(Date.now() / 1000)
   app.get('/v1/models', async () => ({
     object: 'list',
@@ -215,6 +221,7 @@ export async function createServer(pool: Pool, options: ServerOptions = {}): Pro
       workers: status.workers.length,
       models: Object.entries(status.models).map(([name, m]) => ({
         name,
+        kind: m.kind,
         dimension: m.dimension,
         max_input_length: m.maxLength,
       })),
