@@ -61,6 +61,8 @@ describe('/v1/completions', () => {
   let app: FastifyInstance
   let base: string
   const expected = new Map<string, Generation>()
+  /** Each prompt's token count as the reference tokenizes it. */
+  const promptTokens = new Map<string, number>()
 
   beforeAll(async () => {
     writeTinyT5(T5, { layout: 'merged' })
@@ -68,8 +70,10 @@ describe('/v1/completions', () => {
     writeTinyT5(ENDLESS, { layout: 'merged', noEos: true })
     const reference = await createGenerationReference(T5)
     try {
-      for (const prompt of PROMPTS.slice(0, 12))
+      for (const prompt of PROMPTS.slice(0, 12)) {
         expected.set(prompt, await reference.generate(prompt, { maxNewTokens: MAX_TOKENS }))
+        promptTokens.set(prompt, reference.encode(prompt).length)
+      }
     } finally {
       await reference.release()
     }
@@ -109,7 +113,8 @@ describe('/v1/completions', () => {
       new Set(['stop', 'length']),
     )
     const tokens = prompts.reduce((sum, p) => sum + expected.get(p)!.tokens.length, 0)
-    expect(body.usage).toEqual({ prompt_tokens: null, completion_tokens: tokens, total_tokens: null })
+    const fed = prompts.reduce((sum, p) => sum + promptTokens.get(p)!, 0)
+    expect(body.usage).toEqual({ prompt_tokens: fed, completion_tokens: tokens, total_tokens: fed + tokens })
   })
 
   it('ends at a stop sequence with finish_reason stop, and takes nulls as absent values', async () => {
@@ -197,7 +202,8 @@ describe('/v1/completions', () => {
       tokens += want.tokens.length
     })
     for (const chunk of chunks) expect(chunk).toMatchObject({ object: 'text_completion', model: 't5' })
-    expect(usage.usage).toEqual({ prompt_tokens: null, completion_tokens: tokens, total_tokens: null })
+    const fed = prompts.reduce((sum, p) => sum + promptTokens.get(p)!, 0)
+    expect(usage.usage).toEqual({ prompt_tokens: fed, completion_tokens: tokens, total_tokens: fed + tokens })
   })
 
   it('speaks to the openai client, whole and streamed', async () => {

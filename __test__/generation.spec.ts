@@ -91,6 +91,7 @@ describe.each(LAYOUTS)('generation with the %s layout (files under onnx/: %s)', 
         text += delta.text
         if (delta.token !== null) tokens.push(delta.token)
         finish = delta.finishReason
+        expect(delta.promptTokens).toBe(finish === null ? null : reference.encode(prompt).length)
         // Whole characters only: never a lone half of a UTF-8 sequence.
         expect(delta.text).not.toContain('\uFFFD')
       }

@@ -111,6 +111,8 @@ export interface BindingDelta {
   token?: number
   /** Set on the last delta of the prompt. */
   finishReason?: BindingFinishReason
+  /** Tokens of the prompt as the encoder was fed them; on the last delta only. */
+  promptTokens?: number
 }
 
 /** An error as data, as an event carries it: `fromNative` takes it as it takes a thrown one. */

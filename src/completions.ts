@@ -146,15 +146,22 @@ export function finishReason(reason: FinishReason): 'stop' | 'length' {
 }
 
 /**
- * The usage of a completion. The pool does not count a prompt's tokens when it generates, so
- * `prompt_tokens` and `total_tokens` are `null` (unknown) rather than a made-up number.
+ * The usage of a completion: the prompts' tokens as the encoder was fed them (special tokens
+ * included, after truncation) and the tokens generated.
  */
-export function completionUsage(completionTokens: number): {
-  prompt_tokens: number | null
+export function completionUsage(
+  promptTokens: number,
+  completionTokens: number,
+): {
+  prompt_tokens: number
   completion_tokens: number
-  total_tokens: number | null
+  total_tokens: number
 } {
-  return { prompt_tokens: null, completion_tokens: completionTokens, total_tokens: null }
+  return {
+    prompt_tokens: promptTokens,
+    completion_tokens: completionTokens,
+    total_tokens: promptTokens + completionTokens,
+  }
 }
 
 /** What the route needs of the server. */
@@ -235,7 +242,10 @@ export function addCompletions(app: FastifyInstance, context: CompletionContext)
             finish_reason: finishReason(result.finishReason),
             logprobs: null,
           })),
-          usage: completionUsage(results.reduce((sum: number, r: Generated) => sum + r.tokens.length, 0)),
+          usage: completionUsage(
+            results.reduce((sum: number, r: Generated) => sum + r.promptTokens, 0),
+            results.reduce((sum: number, r: Generated) => sum + r.tokens.length, 0),
+          ),
         }
       }
       return stream(reply, pool, prompts, options, head, body.stream_options?.include_usage === true)
@@ -301,11 +311,13 @@ async function* events(
   let live = streams.length
   let failure: { error: unknown } | undefined
   let tokens = 0
+  let promptTokens = 0
   const pump = async (index: number, first: IteratorResult<GenerateDelta, void>) => {
     try {
       for (let item = first; item.done !== true; item = await streams[index].next()) {
         const delta = item.value
         if (delta.token !== null) tokens++
+        promptTokens += delta.promptTokens ?? 0
         const reason = delta.finishReason === null ? null : finishReason(delta.finishReason)
         queue.push(event({ ...head, choices: [{ index, text: delta.text, finish_reason: reason, logprobs: null }] }))
         wake?.()
@@ -339,7 +351,7 @@ async function* events(
       })
       wake = undefined
     }
-    if (includeUsage) yield event({ ...head, choices: [], usage: completionUsage(tokens) })
+    if (includeUsage) yield event({ ...head, choices: [], usage: completionUsage(promptTokens, tokens) })
     yield event('[DONE]')
   } finally {
     controller.abort()

@@ -237,7 +237,7 @@ export async function* generateStream(
       const delta = queue.shift()
       if (delta !== undefined) {
         const finishReason = (delta.finishReason ?? null) as FinishReason | null
-        yield { text: delta.text, token: delta.token ?? null, finishReason }
+        yield { text: delta.text, token: delta.token ?? null, finishReason, promptTokens: delta.promptTokens ?? null }
         if (finishReason !== null) {
           finished = true
           return

@@ -70,6 +70,8 @@ export interface GenerateDelta {
   token: number | null
   /** Set on the last piece only. */
   finishReason: FinishReason | null
+  /** Tokens of the prompt as the encoder was fed them; set on the last piece only. */
+  promptTokens: number | null
 }
 
 /** A seq2seq model's decoding, in {@link ModelStatus}. */

@@ -54,6 +54,8 @@ pub struct BindingDelta {
   pub token: Option<u32>,
   /// Set on the last delta of the prompt.
   pub finish_reason: Option<BindingFinishReason>,
+  /// Tokens of the prompt as the encoder was fed them; on the last delta only.
+  pub prompt_tokens: Option<u32>,
 }
 
 /// Where a stream's deltas go: does not keep the process alive.
@@ -83,16 +85,24 @@ impl BindingGeneration {
     let params = Arc::new(options.params(generator.config.max_new_tokens));
     let stop = options.stop;
     let on_delta = on_delta.map(Arc::new);
+    let token_counts = TokenCounts::default();
     let sinks: Vec<Arc<TextSink>> = (0..prompts.len())
       .map(|i| {
         let stream = on_delta.as_ref().map(|callback| {
           let callback = Arc::clone(callback);
+          let counts = Arc::clone(&token_counts);
           Box::new(move |delta: inferpool_ort::seq2seq::Delta| {
+            // Counted when the prompts were tokenized, before any of them was queued.
+            let prompt_tokens = delta
+              .finish
+              .and_then(|_| counts.get().and_then(|c| c.get(i).copied()))
+              .map(index);
             let delta = BindingDelta {
               index: index(i),
               text: delta.text,
               token: delta.token,
               finish_reason: delta.finish.map(Into::into),
+              prompt_tokens,
             };
             let _ = callback.call(delta, ThreadsafeFunctionCallMode::NonBlocking);
           }) as Box<dyn Fn(inferpool_ort::seq2seq::Delta) + Send + Sync>
@@ -107,7 +117,6 @@ impl BindingGeneration {
         sink: Arc::clone(sink) as Arc<dyn TokenSink>,
       })
       .collect();
-    let token_counts = TokenCounts::default();
     let submit = SubmitOptions { token_counts: Some(Arc::clone(&token_counts)), ..submit };
     let (handle, rx) = dispatch(submit, move |options, reply| {
       pool.generate(model, &prompts, sequences, options, reply)
