@@ -93,10 +93,8 @@ impl BindingGeneration {
           let counts = Arc::clone(&token_counts);
           Box::new(move |delta: inferpool_ort::seq2seq::Delta| {
             // Counted when the prompts were tokenized, before any of them was queued.
-            let prompt_tokens = delta
-              .finish
-              .and_then(|_| counts.get().and_then(|c| c.get(i).copied()))
-              .map(index);
+            let prompt_tokens =
+              delta.finish.and_then(|_| counts.get().and_then(|c| c.get(i).copied())).map(index);
             let delta = BindingDelta {
               index: index(i),
               text: delta.text,
