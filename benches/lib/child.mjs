@@ -1,22 +1,14 @@
 // A process that holds one contender and runs workloads on request from the parent (host.mjs).
 // Keeping contenders apart keeps their CPU time, threads and memory apart, and lets transformers.js
 // load the ONNX Runtime it bundles (two versions of the library cannot share a process).
+import { answerParent } from './parent.mjs'
 import { runWorkload } from './workloads.mjs'
 
 let contender
 let model
 let texts
 
-process.on('message', async ({ id, ...message }) => {
-  try {
-    const value = await handle(message)
-    process.send({ id, ok: true, value }, () => message.type === 'close' && process.exit(0))
-  } catch (error) {
-    process.send({ id, ok: false, error: error?.stack ?? String(error) })
-  }
-})
-// The parent is gone (it crashed or was interrupted): do not linger.
-process.on('disconnect', () => process.exit(1))
+answerParent(handle)
 
 async function handle(message) {
   switch (message.type) {
