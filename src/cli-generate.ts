@@ -8,9 +8,9 @@ import { readFile } from 'node:fs/promises'
 import type { Writable } from 'node:stream'
 import { text as readAll } from 'node:stream/consumers'
 
-import { MultiBar } from 'cli-progress'
 import { InvalidArgumentError } from 'commander'
 
+import { progressBar } from './cli-progress.js'
 import { PoolError } from './errors.js'
 import { Pool } from './pool.js'
 import type { GenerateOptions, Generated } from './types.js'
@@ -142,17 +142,8 @@ export async function generateCommand(files: string[], opts: GenerateCommandOpti
     )
   }
   const out: Writable = opts.out ? createWriteStream(opts.out) : process.stdout
-  // A multi-bar container with one bar, as `embed` draws it.
-  const bars =
-    opts.progress && process.stderr.isTTY
-      ? new MultiBar({
-          stream: process.stderr,
-          format: 'generating [{bar}] {value}/{total} prompts | {speed} items/s | ETA {eta_formatted}',
-          etaBuffer: 200,
-        })
-      : undefined
   const started = performance.now()
-  const bar = bars?.create(items.length, 0, { speed: '0' })
+  const bar = progressBar(opts.progress, 'generating', 'prompts', items.length)
   let done = 0
   let tokens = 0
   let failed = true
@@ -171,8 +162,7 @@ export async function generateCommand(files: string[], opts: GenerateCommandOpti
           onProgress: (progress) => {
             done += progress.done - reported
             reported = progress.done
-            const seconds = (performance.now() - started) / 1000
-            bar?.update(done, { speed: (done / Math.max(seconds, 1e-3)).toFixed(1) })
+            bar.update(done)
           },
         },
       )
@@ -196,7 +186,7 @@ export async function generateCommand(files: string[], opts: GenerateCommandOpti
     }
     failed = false
   } finally {
-    bars?.stop()
+    bar.stop()
     // After a failure, what is still queued is not worth finishing.
     await pool.close({ drain: !failed })
     if (out !== process.stdout) {

@@ -5,12 +5,12 @@ import { once } from 'node:events'
 import type { Writable } from 'node:stream'
 import { text as readAll } from 'node:stream/consumers'
 
-import { MultiBar } from 'cli-progress'
 import { Command, InvalidArgumentError } from 'commander'
 import type { FastifyInstance } from 'fastify'
 
 import type * as Scaleout from './bullmq/index.js'
 import { chunkText } from './chunk.js'
+import { progressBar } from './cli-progress.js'
 import { MAX_NEW_TOKENS, decimal, generateCommand, integerIn, stopText } from './cli-generate.js'
 import { PoolError } from './errors.js'
 import { Pool } from './pool.js'
@@ -55,19 +55,8 @@ async function embedCommand(files: string[], opts: EmbedOptions): Promise<void> 
     cpuWorkers: opts.cpuWorkers,
   })
   const out: Writable = opts.out ? createWriteStream(opts.out) : process.stdout
-  // A multi-bar container with one bar: it draws on the current line and ends it with a newline
-  // when stopped, where a single bar restores the cursor it saved at the start, which puts the
-  // next line over whatever was written meanwhile.
-  const bars =
-    opts.progress && process.stderr.isTTY
-      ? new MultiBar({
-          stream: process.stderr,
-          format: 'embedding [{bar}] {value}/{total} chunks | {speed} items/s | ETA {eta_formatted}',
-          etaBuffer: 200,
-        })
-      : undefined
   const started = performance.now()
-  const bar = bars?.create(items.length, 0, { speed: '0' })
+  const bar = progressBar(opts.progress, 'embedding', 'chunks', items.length)
   try {
     // The stream keeps 512 texts in flight (batched across its calls) and yields in input order.
     let lines = ''
@@ -81,12 +70,11 @@ async function embedCommand(files: string[], opts: EmbedOptions): Promise<void> 
       if (done % 32 === 0 || done === items.length) {
         await write(out, lines)
         lines = ''
-        const seconds = (performance.now() - started) / 1000
-        bar?.update(done, { speed: (done / Math.max(seconds, 1e-3)).toFixed(1) })
+        bar.update(done)
       }
     }
   } finally {
-    bars?.stop()
+    bar.stop()
     await pool.close()
     if (out !== process.stdout) {
       out.end()
