@@ -193,9 +193,16 @@ impl WorkerThread {
       })
       .collect();
     let mut cohort = self.keep_rows(model, cohort, &keep)?;
-    let (start, eos) = {
-      let seq2seq = self.models[model].slot.as_mut().and_then(|s| s.backend.seq2seq())?;
-      (seq2seq.decoder_start(), seq2seq.eos())
+    let ids = self.models[model]
+      .slot
+      .as_mut()
+      .and_then(|s| s.backend.seq2seq())
+      .map(|s| (s.decoder_start(), s.eos()));
+    let Some((start, eos)) = ids else {
+      // Unloading sends a model's cohorts back first; were one left, its rows start again.
+      let error = BackendError::new(BackendErrorKind::Model, "the model is not loaded here");
+      self.abandon(model, cohort, &error);
+      return None;
     };
     let inputs: Vec<u32> =
       cohort.rows.iter().map(|row| row.tokens.last().copied().unwrap_or(start)).collect();
