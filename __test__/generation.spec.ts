@@ -132,6 +132,30 @@ describe('generation, the rest', () => {
     expect(pool.status().outstanding).toBe(0)
   })
 
+  it('times out, aborts a stream, and lets a draining close finish what decodes', async () => {
+    const rows = () => pool.status().models.t5.generation!.rows
+    expect(await code(pool.generate([PROMPTS[4]], { maxNewTokens: 100_000, timeoutMs: 50 }))).toBe('TIMEOUT')
+    await until('the timed-out row left', () => rows() === 0)
+    const controller = new AbortController()
+    const stream = pool.generateStream(PROMPTS[6], { maxNewTokens: 100_000, signal: controller.signal })
+    const first = await stream.next()
+    expect(first.done).toBe(false)
+    controller.abort(new Error('enough'))
+    const error = await (async () => {
+      for await (const delta of stream) void delta
+    })().catch((e: unknown) => e)
+    expect((error as PoolError).code).toBe('ABORTED')
+    await until('the aborted stream row left', () => rows() === 0)
+
+    const other = await Pool.create({ models: { t5: { path: dir } }, cpuWorkers: 1 })
+    const running = other.generate([PROMPTS[1], PROMPTS[2]], { maxNewTokens: 40 })
+    await until('rows decode', () => other.status().models.t5.generation!.rows === 2)
+    await other.close({ drain: true })
+    expect((await running).map((r) => r.tokens.length)).toEqual([40, 40])
+    expect(await code(other.generate(['x']))).toBe('POOL_CLOSED')
+    expect(() => other.generateStream('x')).toThrow(/closed/)
+  })
+
   it('ends texts at a stop sequence, and at maxNewTokens', async () => {
     const [full] = await pool.generate([PROMPTS[5]], { maxNewTokens: 20 })
     expect(full.finishReason).toBe('length')
