@@ -30,6 +30,7 @@ import { T5_SEED, T5_SMALL_SIZE, TINY_T5_DEFAULTS, t5Vocabulary, writeTinyT5 } f
 import { startContender } from './lib/host.mjs'
 import { machine } from './lib/report.mjs'
 import { mean } from './lib/stats.mjs'
+import { seeded } from './lib/random.mjs'
 
 const CHILD = fileURLToPath(new URL('./lib/generation/child.mjs', import.meta.url))
 
@@ -196,13 +197,7 @@ function makePrompts(count) {
     .map(([piece]) => piece)
     .filter((piece) => piece.startsWith('▁') && piece.length > 1)
     .map((piece) => piece.slice(1))
-  let state = 0x2545f491
-  const next = (n) => {
-    state ^= state << 13
-    state ^= state >>> 17
-    state ^= state << 5
-    return (state >>> 0) % n
-  }
+  const next = seeded()
   const lengths = Array.from({ length: count }, (_, i) =>
     Math.round(WORDS_MIN + ((WORDS_MAX - WORDS_MIN) * i) / Math.max(1, count - 1)),
   )

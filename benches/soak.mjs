@@ -18,6 +18,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 
 import { Pool } from '../dist/index.js'
+import { seeded } from './lib/random.mjs'
 
 const { values } = parseArgs({
   options: {
@@ -54,13 +55,7 @@ const WORDS = (
   'photosynthesis glacier orchestra umbrella 2026 3.14 émigré naïve 東京 😀 !'
 ).split(' ')
 function* texts(count) {
-  let state = 0x2545f491
-  const next = (n) => {
-    state ^= state << 13
-    state ^= state >>> 17
-    state ^= state << 5
-    return (state >>> 0) % n
-  }
+  const next = seeded()
   for (let i = 0; i < count; i++) {
     const shape = next(100)
     const length = shape < 60 ? 1 + next(16) : shape < 95 ? 16 + next(64) : 80 + next(220)
