@@ -54,25 +54,42 @@ export async function submit(
   )
   const result = native.result()
   pending.add(result)
-  const onAbort = () => native.cancel(false)
-  signal?.addEventListener('abort', onAbort, { once: true })
-  const timer = timeoutMs === undefined ? undefined : setTimeout(() => native.cancel(true), timeoutMs)
+  const unwire = wire(native, signal, timeoutMs)
   let flat: Float32Array
   try {
     flat = await result
   } catch (error) {
-    const failure = fromNative(error)
-    if (failure.code === 'ABORTED' && signal?.aborted) throw aborted(signal, failure)
-    if (failure.code === 'TIMEOUT' && timeoutMs !== undefined) throw timedOut(timeoutMs, failure)
-    throw failure
+    throw failure(error, signal, timeoutMs)
   } finally {
     pending.delete(result)
-    clearTimeout(timer)
-    signal?.removeEventListener('abort', onAbort)
+    unwire()
   }
   report(texts.length)
   rethrow()
   return { embeddings: rows(flat, texts.length), tokenCounts: native.tokenCounts() ?? undefined }
+}
+
+/** Cancels a native call (`TIMEOUT` when `timedOut`) when `signal` aborts or `timeoutMs` passes; returns the undoing. */
+export function wire(
+  native: { cancel(timedOut: boolean): boolean },
+  signal: AbortSignal | undefined,
+  timeoutMs: number | undefined,
+): () => void {
+  const onAbort = () => native.cancel(false)
+  signal?.addEventListener('abort', onAbort, { once: true })
+  const timer = timeoutMs === undefined ? undefined : setTimeout(() => native.cancel(true), timeoutMs)
+  return () => {
+    clearTimeout(timer)
+    signal?.removeEventListener('abort', onAbort)
+  }
+}
+
+/** The error a native failure becomes, with the caller's own abort reason or timeout. */
+export function failure(error: unknown, signal: AbortSignal | undefined, timeoutMs: number | undefined): PoolError {
+  const failed = fromNative(error)
+  if (failed.code === 'ABORTED' && signal?.aborted) return aborted(signal, failed)
+  if (failed.code === 'TIMEOUT' && timeoutMs !== undefined) return timedOut(timeoutMs, failed)
+  return failed
 }
 
 /**

@@ -2,16 +2,10 @@
 // native pool with its cancel wired to the caller's signal and timeout, and the stream of one
 // prompt's deltas.
 
-import type {
-  BindingDelta,
-  BindingGenerateOptions,
-  BindingGeneration,
-  BindingPool,
-  BindingPriority,
-} from './binding.cjs'
-import { aborted, progress, timedOut } from './call.js'
+import type { BindingDelta, BindingGenerateOptions, BindingPool, BindingPriority } from './binding.cjs'
+import { aborted, failure, progress, wire } from './call.js'
 import { MAX_INT, checkKeys, describe, integer, positiveInt, shown } from './check.js'
-import { PoolError, fromNative } from './errors.js'
+import { PoolError } from './errors.js'
 import { type ModelChoice, modelIndex } from './options.js'
 import type { FinishReason, GenerateDelta, GenerateOptions, Generated, ModelKind, Progress } from './types.js'
 
@@ -142,25 +136,6 @@ export function checkGenerate(prompts: unknown, options: unknown, choice: Genera
     timeoutMs,
     onProgress,
   }
-}
-
-/** Cancels `native` when `signal` aborts or `timeoutMs` passes; returns the undoing. */
-function wire(native: BindingGeneration, signal: AbortSignal | undefined, timeoutMs: number | undefined): () => void {
-  const onAbort = () => native.cancel(false)
-  signal?.addEventListener('abort', onAbort, { once: true })
-  const timer = timeoutMs === undefined ? undefined : setTimeout(() => native.cancel(true), timeoutMs)
-  return () => {
-    clearTimeout(timer)
-    signal?.removeEventListener('abort', onAbort)
-  }
-}
-
-/** The error a native failure becomes, with the caller's own abort reason or timeout. */
-function failure(error: unknown, signal: AbortSignal | undefined, timeoutMs: number | undefined): PoolError {
-  const failed = fromNative(error)
-  if (failed.code === 'ABORTED' && signal?.aborted) return aborted(signal, failed)
-  if (failed.code === 'TIMEOUT' && timeoutMs !== undefined) return timedOut(timeoutMs, failed)
-  return failed
 }
 
 /**
