@@ -136,20 +136,18 @@ impl OrtBackend {
     device: Device,
     options: SessionOptions,
   ) -> Result<Self, BackendError> {
-    let threads = options.intra_threads;
-    Self::build(onnx, device, options, threads, false)
+    let threads = Threading::plain(options.intra_threads);
+    Self::build(onnx, device, options, &threads)
   }
 
-  /// Creates a session of `threads` intra-op threads. With `spin`, its threads spin while a run
-  /// goes on (no sleep between two operators) and stop as soon as it returns: idle, they sleep.
+  /// Creates a session with the given threads.
   pub(crate) fn build(
     onnx: &std::path::Path,
     device: Device,
     options: SessionOptions,
-    threads: usize,
-    spin: bool,
+    threads: &Threading,
   ) -> Result<Self, BackendError> {
-    let session = open_session(onnx, device, threads, spin)?;
+    let session = open_session(onnx, device, threads)?;
 
     let names: Vec<&str> = session.inputs().iter().map(ort::value::Outlet::name).collect();
     for required in [INPUT_IDS, ATTENTION_MASK] {
@@ -262,15 +260,32 @@ impl OrtBackend {
   }
 }
 
-/// A session of `onnx` on `device` with `threads` intra-op threads. With `spin`, its threads
-/// spin while a run goes on (no sleep between two operators) and stop as soon as it returns:
-/// idle, they sleep.
+/// The intra-op threads of a session.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Threading {
+  /// Threads, the caller's included.
+  pub(crate) threads: usize,
+  /// The threads spin while a run goes on (no sleep between two operators) and stop as soon as
+  /// it returns: idle, they sleep.
+  pub(crate) spin: bool,
+  /// One core (0-based) per pool thread (`threads - 1` of them), or none: not pinned.
+  pub(crate) pinned: Vec<usize>,
+}
+
+impl Threading {
+  /// `threads` threads that sleep between operators and are not pinned.
+  pub(crate) fn plain(threads: usize) -> Self {
+    Self { threads, ..Self::default() }
+  }
+}
+
+/// A session of `onnx` on `device` with the given intra-op threads.
 pub(crate) fn open_session(
   onnx: &std::path::Path,
   device: Device,
-  threads: usize,
-  spin: bool,
+  threading: &Threading,
 ) -> Result<Session, BackendError> {
+  let Threading { threads, spin, ref pinned } = *threading;
   let env = environment()?;
   let builder_error = |e: ort::Error<_>| model_error(format!("cannot configure a session: {e}"));
   let mut builder = Session::builder(env)
@@ -287,6 +302,13 @@ pub(crate) fn open_session(
     .map_err(builder_error)?
     .with_inter_op_spinning(false)
     .map_err(builder_error)?;
+  if !pinned.is_empty() {
+    // ONNX Runtime numbers cores from 1, one group per pool thread.
+    let cores: Vec<String> = pinned.iter().map(|core| (core + 1).to_string()).collect();
+    builder = builder
+      .with_config_entry("session.intra_op_thread_affinities", cores.join(";"))
+      .map_err(builder_error)?;
+  }
   if let Device::Cuda(id) = device {
     builder = builder
       .with_execution_providers([ep::CUDA::default().with_device_id(id).build().error_on_failure()])
@@ -314,8 +336,8 @@ impl Backend for OrtBackend {
   }
 
   fn run_alone(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<bool, BackendError> {
-    if let Some(mut lone) = self.lone.as_ref().and_then(crate::lone::Lone::try_take) {
-      return lone.run(batch, out).map(|()| true);
+    if let Some(ran) = self.lone.as_ref().and_then(|lone| lone.run(batch, out)) {
+      return ran.map(|()| true);
     }
     self.run(batch, out).map(|()| false)
   }

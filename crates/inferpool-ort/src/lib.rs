@@ -14,6 +14,7 @@
 //!   [`build_pool`], which resolves the models, loads their tokenizers and starts the core's pool
 //!   with a factory of sessions.
 
+mod affinity;
 mod assembly;
 pub mod backend;
 mod lone;

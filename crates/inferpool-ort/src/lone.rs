@@ -16,6 +16,10 @@
 //! lowered priority, to 1.7 ms). If they get no core, the worker's own thread, which takes part
 //! in the run at normal priority, does their share of it. Under load no batch runs there.
 //!
+//! Its threads are pinned, one core each, and the worker's thread keeps off those cores while a
+//! lone run lasts (`affinity`): unpinned, a woken session thread was often queued on the
+//! worker's own core, and the two shared it until the next scheduler tick.
+//!
 //! The session is built with the first CPU worker's session of the model and dropped with the
 //! last one (every worker holds an [`Arc`] of it; the factory keeps a [`Weak`]). It costs one
 //! more copy of the model in memory. When it is busy (two lone batches at once), the second runs
@@ -23,7 +27,12 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 
-use crate::backend::{Device, OrtBackend, SessionSpec};
+use inferpool_core::{Backend, BackendError, TokenizedText};
+
+use crate::{
+  affinity::Pinning,
+  backend::{Device, OrtBackend, SessionSpec, Threading},
+};
 
 /// Runs `build` on a new thread of the `SCHED_IDLE` policy (Linux, where the threads it creates
 /// inherit the policy; elsewhere a thread of normal priority).
@@ -46,14 +55,37 @@ fn at_idle_priority<T: Send>(build: impl FnOnce() -> T + Send) -> T {
   })
 }
 
+/// The lone session and where its threads run.
+struct Shared {
+  session: Mutex<OrtBackend>,
+  pinning: Option<Pinning>,
+}
+
 /// A worker's handle on its model's lone session.
-#[derive(Clone, Debug)]
-pub(crate) struct Lone(Arc<Mutex<OrtBackend>>);
+#[derive(Clone)]
+pub(crate) struct Lone(Arc<Shared>);
+
+impl std::fmt::Debug for Lone {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.debug_struct("Lone").field("pinning", &self.0.pinning).finish_non_exhaustive()
+  }
+}
 
 impl Lone {
+  /// Runs `batch` on the lone session; `None` when another worker is running a batch on it.
+  pub(crate) fn run(
+    &self,
+    batch: &[&TokenizedText],
+    out: &mut [f32],
+  ) -> Option<Result<(), BackendError>> {
+    let mut session = self.try_take()?;
+    let _cores = self.0.pinning.as_ref().map(Pinning::enter);
+    Some(session.run(batch, out))
+  }
+
   /// The session, unless another worker is running a batch on it.
-  pub(crate) fn try_take(&self) -> Option<MutexGuard<'_, OrtBackend>> {
-    match self.0.try_lock() {
+  fn try_take(&self) -> Option<MutexGuard<'_, OrtBackend>> {
+    match self.0.session.try_lock() {
       Ok(guard) => Some(guard),
       // A panic in a run left it poisoned: the session itself is still usable.
       Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
@@ -63,7 +95,7 @@ impl Lone {
 }
 
 /// Per model, the lone session while some worker holds it.
-pub(crate) struct LoneSessions(Vec<Mutex<Weak<Mutex<OrtBackend>>>>);
+pub(crate) struct LoneSessions(Vec<Mutex<Weak<Shared>>>);
 
 impl LoneSessions {
   pub(crate) fn new(models: usize) -> Self {
@@ -82,10 +114,16 @@ impl LoneSessions {
     if let Some(shared) = slot.upgrade() {
       return Some(Lone(shared));
     }
+    let pinning = Pinning::plan(threads);
+    let threading = Threading {
+      threads,
+      spin: true,
+      pinned: pinning.as_ref().map(|p| p.pool.clone()).unwrap_or_default(),
+    };
     let backend = at_idle_priority(|| {
-      OrtBackend::build(&spec.onnx, Device::Cpu, spec.options.clone(), threads, true)
+      OrtBackend::build(&spec.onnx, Device::Cpu, spec.options.clone(), &threading)
     });
-    let shared = Arc::new(Mutex::new(backend.ok()?));
+    let shared = Arc::new(Shared { session: Mutex::new(backend.ok()?), pinning });
     *slot = Arc::downgrade(&shared);
     Some(Lone(shared))
   }

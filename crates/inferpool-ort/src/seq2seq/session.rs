@@ -15,7 +15,7 @@ use ort::{
 };
 
 use crate::{
-  backend::{Device, inference_error, open_session, run_error},
+  backend::{Device, Threading, inference_error, open_session, run_error},
   seq2seq::{Layout, Seq2SeqConfig, Seq2SeqFiles},
 };
 
@@ -156,7 +156,7 @@ impl Seq2SeqBackend {
     device: Device,
     threads: usize,
   ) -> Result<Self, BackendError> {
-    let encoder = open_session(&files.encoder, device, threads, false)?;
+    let encoder = open_session(&files.encoder, device, &Threading::plain(threads))?;
     let encoder_inputs = names(&encoder);
     for required in ["input_ids", "attention_mask"] {
       if !encoder_inputs.iter().any(|n| n == required) {
@@ -171,11 +171,11 @@ impl Seq2SeqBackend {
     }
     let (decoder, with_past) = match &files.layout {
       Layout::Merged { decoder } | Layout::NoPast { decoder } => {
-        (open_session(decoder, device, threads, false)?, None)
+        (open_session(decoder, device, &Threading::plain(threads))?, None)
       }
       Layout::Pair { decoder, with_past } => (
-        open_session(decoder, device, threads, false)?,
-        Some(open_session(with_past, device, threads, false)?),
+        open_session(decoder, device, &Threading::plain(threads))?,
+        Some(open_session(with_past, device, &Threading::plain(threads))?),
       ),
     };
     let first = names(&decoder);
