@@ -3,9 +3,16 @@
 
 use std::{
   panic::{AssertUnwindSafe, catch_unwind},
-  sync::{Arc, Mutex, PoisonError},
+  sync::Arc,
 };
 
+use crate::{
+  call::{Answer, dispatch, inline},
+  enums::BindingFinishReason,
+  errors::{BindingErrorCode, Result, coded},
+  numbers::index,
+  options::BindingGenerateOptions,
+};
 use inferpool_core::{
   CallHandle, Pool, PoolError, Sequence, SubmitOptions, TokenCounts, TokenSink,
 };
@@ -16,15 +23,6 @@ use napi::{
   threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode},
 };
 use napi_derive::napi;
-use tokio::sync::oneshot;
-
-use crate::{
-  call::{Outcome, dispatch},
-  enums::BindingFinishReason,
-  errors::{BindingErrorCode, Result, coded, pool_error, promise},
-  numbers::index,
-  options::BindingGenerateOptions,
-};
 
 /// One prompt's result.
 #[napi(object)]
@@ -67,7 +65,7 @@ pub(crate) type DeltaCallback =
 #[derive(Debug)]
 pub struct BindingGeneration {
   handle: Arc<CallHandle>,
-  answer: Mutex<Option<oneshot::Receiver<Outcome>>>,
+  answer: Arc<Answer>,
   sinks: Vec<Arc<TextSink>>,
   token_counts: TokenCounts,
 }
@@ -116,10 +114,10 @@ impl BindingGeneration {
       })
       .collect();
     let submit = SubmitOptions { token_counts: Some(Arc::clone(&token_counts)), ..submit };
-    let (handle, rx) = dispatch(submit, move |options, reply| {
+    let (handle, answer) = dispatch(submit, inline(&prompts), move |options, reply| {
       pool.generate(model, &prompts, sequences, options, reply)
     });
-    Self { handle, answer: Mutex::new(Some(rx)), sinks, token_counts }
+    Self { handle, answer, sinks, token_counts }
   }
 }
 
@@ -128,15 +126,9 @@ impl BindingGeneration {
   /// Resolves with one result per prompt, in order, or rejects with the call's error (once).
   #[napi]
   pub fn result<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Vec<BindingGenerated>>> {
-    let answer = self.answer.lock().unwrap_or_else(PoisonError::into_inner).take();
     let sinks = self.sinks.clone();
     let counts = Arc::clone(&self.token_counts);
-    promise(env, async move {
-      let Some(answer) = answer else {
-        return Err(coded(BindingErrorCode::Internal, "the result of a call was asked for twice"));
-      };
-      let lost = |_| coded(BindingErrorCode::Internal, "a call was dropped without an answer");
-      answer.await.map_err(lost)?.map_err(|e| pool_error(&e))?;
+    self.answer.promise(env, move |_| {
       let counts = counts.get().cloned().unwrap_or_default();
       sinks
         .iter()
@@ -160,6 +152,7 @@ impl BindingGeneration {
   /// answered; its rows leave their cohorts at the next step. Returns whether this decided the
   /// outcome.
   #[napi]
+  #[must_use]
   pub fn cancel(&self, timed_out: bool) -> bool {
     let error = if timed_out { PoolError::Timeout } else { PoolError::Cancelled };
     catch_unwind(AssertUnwindSafe(|| self.handle.cancel(error))).unwrap_or(false)
