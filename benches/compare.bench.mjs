@@ -4,9 +4,11 @@
 //   · one onnxruntime-node session on the main thread · the ceiling of a bare session.
 //
 // Usage: npm run bench [-- --quick] [-- --only inferpool,piscina,transformers,ort-main,ceiling]
+//                      [-- --workloads bulk,concurrent,singles,trickle]
 //                      [-- --baseline /abs/path/to/other/dist]
 //   --quick     every workload ~10× smaller, to check the script
 //   --only      the contenders to run, comma-separated (default: all)
+//   --workloads the workloads to run, comma-separated (default: all)
 //   --baseline  also runs inferpool from another build's dist folder (contender
 //               inferpool-baseline), to compare two versions in one run
 //
@@ -33,6 +35,7 @@ const { values } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
     only: { type: 'string' },
+    workloads: { type: 'string' },
     baseline: { type: 'string' },
   },
 })
@@ -40,7 +43,9 @@ if (values.baseline) process.env.INFERPOOL_BENCH_BASELINE = resolve(values.basel
 const contenders = select(values.only)
 const started = performance.now()
 
-const { model, corpus, corpusLine, workloads, init } = await prepareRun(values.quick)
+const prepared = await prepareRun(values.quick)
+const { model, corpus, corpusLine, init } = prepared
+const workloads = pickWorkloads(prepared.workloads, values.workloads)
 const ceilingWorkload = {
   id: 'ceiling',
   label: `ceiling: ${corpus.texts.length} texts pre-tokenized, sorted by length, batches of 16`,
@@ -108,6 +113,17 @@ function contenderCases(contender) {
       ONCE,
     ),
   )
+}
+
+/** The workloads `list` names (comma-separated ids), in their usual order; all without a list. */
+function pickWorkloads(all, list) {
+  if (!list) return all
+  const ids = list.split(',').map((id) => id.trim())
+  const unknown = ids.filter((id) => !all.some((w) => w.id === id))
+  if (unknown.length > 0) {
+    throw new Error(`unknown workload ${unknown.join(', ')}; known: ${all.map((w) => w.id).join(', ')}`)
+  }
+  return all.filter((w) => ids.includes(w.id))
 }
 
 function ceilingCase(contender) {
