@@ -1,5 +1,5 @@
-//! A batch that starts while every other worker is idle may be spread over their cores
-//! (`Backend::run_alone`); under load every worker runs its own batches.
+//! A batch that starts while every other worker is idle and nothing else is queued may be spread
+//! over their cores (`Backend::run_alone`); under load every worker runs its own batches.
 
 mod common;
 
@@ -22,15 +22,16 @@ fn a_lone_call_is_spread_and_a_busy_pool_runs_its_own_batches() {
   let stats = pool.stats();
   let spread: u64 = stats.workers.iter().map(|w| w.spread_batches).sum();
   assert_eq!((spread, stats.batches()), (5, 5));
-  // A job that keeps both workers busy: at most the first batch (before the second worker
-  // starts) and the last (after the other ran out) find the other idle.
+  // A job that keeps both workers busy: no batch whose rest waits in the queue is spread (the
+  // first one would be, before the second worker starts); only the last ones can find the other
+  // idle and nothing queued.
   let texts: Vec<String> = (0..800).map(|i| format!("bulk text {i}")).collect();
   assert_eq!(embed(&pool, &texts).unwrap(), expected(&texts));
   let stats = pool.stats();
   let spread: u64 = stats.workers.iter().map(|w| w.spread_batches).sum::<u64>() - 5;
   let batches = stats.batches() - 5;
   assert!(batches >= 100, "{batches} batches");
-  assert!(spread <= 4, "{spread} of {batches} batches of a busy pool were spread");
+  assert!(spread <= 2, "{spread} of {batches} batches of a busy pool were spread");
   // Spread batches do not count as the worker's speed; the others do.
   assert!(stats.workers.iter().all(|w| w.items_per_second > 0.0));
 }

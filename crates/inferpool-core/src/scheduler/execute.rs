@@ -77,14 +77,18 @@ impl WorkerThread {
 
   /// Runs `batch` on this worker's backend of `model` (a panic becomes an error); on success
   /// its rows are in `self.out`. The flag tells whether the backend spread it over the cores of
-  /// the other workers, which were all idle when it started ([`crate::Backend::run_alone`]).
+  /// the other workers, which were all idle, with nothing queued, when it started
+  /// ([`crate::Backend::run_alone`]).
   pub(crate) fn execute(
     &mut self,
     model: usize,
     batch: &[Queued],
   ) -> (Result<(), BackendError>, bool) {
+    // Alone: the other workers are idle and nothing waits that they would start on at once,
+    // taking back the cores the batch would be spread over.
     let workers = &self.registry.workers;
     let alone = workers.len() > 1
+      && self.registry.models.iter().all(|m| m.queued_items() == 0)
       && workers.iter().enumerate().all(|(index, worker)| {
         index == self.index || !matches!(worker.state(), WorkerState::Busy | WorkerState::Loading)
       });
