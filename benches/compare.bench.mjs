@@ -9,7 +9,8 @@
 //   --quick     every workload ~10× smaller, to check the script
 //   --only      the contenders to run, comma-separated (default: all)
 //   --workloads the workloads to run, comma-separated (default: all)
-//   --baseline  also runs inferpool from another build's dist folder (contender
+//   --baseline  also runs inferpool from another build's dist folder, copied inside this
+//               checkout so that its imports resolve (contender
 //               inferpool-baseline), to compare two versions in one run
 //
 // benny is the harness; each case is a whole workload of seconds, so it runs once and the table
