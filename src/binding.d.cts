@@ -457,7 +457,7 @@ export interface BindingWorkerStatus {
   id: number
   /** `cpu` or `cuda:N`, as asked. */
   device: string
-  /** The execution provider it runs on. */
+  /** The execution provider it runs on: its last loaded model's, before any load its device's. */
   provider: BindingProvider
   /** Why it runs on the CPU although it was given a GPU. */
   fallback?: string

@@ -7,7 +7,7 @@ import { aborted, failure, progress, wire } from './call.js'
 import { MAX_INT, checkKeys, describe, integer, positiveInt, shown } from './check.js'
 import { PoolError } from './errors.js'
 import { type ModelChoice, modelIndex } from './options.js'
-import type { FinishReason, GenerateDelta, GenerateOptions, Generated, ModelKind, Progress } from './types.js'
+import type { GenerateDelta, GenerateOptions, Generated, ModelKind, Progress } from './types.js'
 
 /** Most stop sequences per call. */
 const MAX_STOP = 16
@@ -169,7 +169,7 @@ export async function generate(
     return done.map((g) => ({
       text: g.text,
       tokens: g.tokens,
-      finishReason: g.finishReason as FinishReason,
+      finishReason: g.finishReason,
       promptTokens: g.promptTokens,
     }))
   } finally {
@@ -211,7 +211,7 @@ export async function* generateStream(
     for (;;) {
       const delta = queue.shift()
       if (delta !== undefined) {
-        const finishReason = (delta.finishReason ?? null) as FinishReason | null
+        const finishReason = delta.finishReason ?? null
         yield { text: delta.text, token: delta.token ?? null, finishReason, promptTokens: delta.promptTokens ?? null }
         if (finishReason !== null) {
           finished = true

@@ -140,7 +140,7 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
         model.path === 'default'
           ? await ensureDefaultModel(resolved.cacheDir ?? defaultCacheDir())
           : resolve(model.path)
-      // The binding's string enums have exactly the values of `Pooling` and `ModelKind`.
+      // `Pooling` and `ModelKind` are the values of these string enums of the binding.
       specs.push({
         ...model,
         path,
@@ -164,13 +164,13 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
           else emitter.early.push(event)
         },
       )
-      const kinds = binding.status().models.map((m) => m.kind as ModelKind)
+      const kinds = binding.status().models.map((m) => m.kind)
       const models = specs.map((spec, index) => ({
         name: spec.name,
         path: spec.path,
         kind: kinds[index],
         maxLength: binding.maxLength(index),
-        pooling: spec.pooling as Pooling,
+        pooling: spec.pooling,
         normalize: spec.normalize,
       }))
       const pool = new Pool(binding, runtime, models, resolved.defaultModel, devices, resolved.cacheEntries)
@@ -189,11 +189,11 @@ export class Pool extends EventEmitter<Record<PoolEventType, [PoolEvent]>> {
   #emitNative(event: BindingEvent): void {
     const names = this.#choice.names
     const payload: PoolEvent = {
-      type: event.kind as PoolEventType,
+      type: event.kind,
       worker: event.worker,
       device: this.#devices[event.worker] ?? 'unknown',
       ...(event.model == null ? {} : { model: names[event.model] }),
-      ...(event.reason == null ? {} : { reason: event.reason as 'idle' | 'requested' }),
+      ...(event.reason == null ? {} : { reason: event.reason }),
       ...(event.forModel == null ? {} : { forModel: names[event.forModel] }),
       ...(event.error == null ? {} : { error: fromNative(event.error) }),
       ...(event.tookMs == null ? {} : { tookMs: event.tookMs }),

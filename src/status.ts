@@ -4,15 +4,7 @@
 import type { BindingModelHistograms, BindingStatus, BindingWorkerStatus } from './binding.cjs'
 import { type Family, type HistogramData, type Labels, exposition, quantile } from './metrics.js'
 import type { RuntimeInfo } from './runtime.js'
-import type {
-  CacheStatus,
-  GenerationStatus,
-  ModelKind,
-  ModelStatus,
-  PoolStatus,
-  WorkerState,
-  WorkerStatus,
-} from './types.js'
+import type { CacheStatus, GenerationStatus, ModelKind, ModelStatus, PoolStatus, WorkerStatus } from './types.js'
 
 /** One read of the native pool (its counters and state, and its histograms per model) and of
  * the result cache's counters, when there is one. */
@@ -48,10 +40,10 @@ export function toStatus(snapshot: Snapshot, context: StatusContext, now = perfo
   const workers = native.workers.map((w): WorkerStatus => ({
     id: w.id,
     device: w.device,
-    provider: w.provider as 'cpu' | 'cuda',
+    provider: w.provider,
     ...(w.fallback ? { fallback: w.fallback } : {}),
     ...(w.failure ? { failure: w.failure } : {}),
-    state: w.state as WorkerState,
+    state: w.state,
     loadedModels: w.loadedModels.map((m) => names[m]),
     loads: w.loads,
     switches: w.switches,
@@ -91,7 +83,7 @@ export function toStatus(snapshot: Snapshot, context: StatusContext, now = perfo
       : null
     models[m.name] = {
       path: context.models[index].path,
-      kind: m.kind as ModelKind,
+      kind: m.kind,
       generation,
       pooling: context.models[index].pooling,
       normalize: context.models[index].normalize,

@@ -1,14 +1,25 @@
 // The public types of inferpool: options, results, status and events. The `Pool` class is in
-// pool.ts; everything here is re-exported from index.ts.
+// pool.ts; everything here is re-exported from index.ts. A union that is exactly the values of a
+// binding's string enum is that enum's values (defined once, in the Rust binding).
 
+import type {
+  BindingEventKind,
+  BindingFinishReason,
+  BindingModelKind,
+  BindingPooling,
+  BindingPriority,
+  BindingProvider,
+  BindingUnloadReason,
+  BindingWorkerState,
+} from './binding.cjs'
 import type { PoolError } from './errors.js'
 import type { RuntimeInfo } from './runtime.js'
 
 /** How token states become one vector per text. */
-export type Pooling = 'mean' | 'cls'
+export type Pooling = `${BindingPooling}`
 
 /** What a model computes. */
-export type ModelKind = 'embedding' | 'seq2seq'
+export type ModelKind = `${BindingModelKind}`
 
 /** Options of {@link Pool.generate} and {@link Pool.generateStream}. */
 export interface GenerateOptions {
@@ -44,7 +55,7 @@ export interface GenerateOptions {
 }
 
 /** Why a generated text ended. */
-export type FinishReason = 'eos' | 'length' | 'stop'
+export type FinishReason = `${BindingFinishReason}`
 
 /** One prompt's result of {@link Pool.generate}. */
 export interface Generated {
@@ -95,7 +106,7 @@ export interface GenerationStatus {
 }
 
 /** Queue class of a call: `interactive` is served before `bulk`; bulk is never starved. */
-export type Priority = 'interactive' | 'bulk'
+export type Priority = `${BindingPriority}`
 
 /** Options of {@link Pool.embed}. */
 export interface EmbedOptions {
@@ -151,7 +162,7 @@ export interface StreamItem {
 }
 
 /** What a worker is doing. */
-export type WorkerState = 'idle' | 'busy' | 'loading' | 'backing-off' | 'failed' | 'stopped'
+export type WorkerState = `${BindingWorkerState}`
 
 /** One worker in {@link PoolStatus}. */
 export interface WorkerStatus {
@@ -160,7 +171,7 @@ export interface WorkerStatus {
   /** `'cpu'` or `'cuda:N'`, as configured. */
   device: string
   /** The execution provider it runs on: `'cuda'`, or `'cpu'` (also after a fallback). */
-  provider: 'cpu' | 'cuda'
+  provider: `${BindingProvider}`
   /** Why a GPU worker runs on the CPU (`onDeviceFailure: 'cpu'`), absent otherwise. */
   fallback?: string
   /** Why a worker's device could not start (`onDeviceFailure: 'unavailable'`; its state is `'failed'`). */
@@ -339,7 +350,7 @@ export interface PoolEvent {
   /** The model's name, for model events. */
   model?: string
   /** `model-unloaded`: `'idle'` (unused for `modelIdleTimeoutMs`) or `'requested'` ({@link Pool.unload}). */
-  reason?: 'idle' | 'requested'
+  reason?: `${BindingUnloadReason}`
   /** `model-evicted`: the model loaded in its place. */
   forModel?: string
   /** `model-load-failed` and `worker-failed`: what went wrong. */
@@ -349,8 +360,7 @@ export interface PoolEvent {
 }
 
 /** Event names of {@link Pool}. */
-export type PoolEventType =
-  'model-loaded' | 'model-unloaded' | 'model-evicted' | 'model-load-failed' | 'worker-failed' | 'worker-recovered'
+export type PoolEventType = `${BindingEventKind}`
 
 /** Options of {@link Pool.create}. Every field is optional. */
 export interface PoolOptions {

@@ -31,6 +31,22 @@ pub trait Tokenize: Send + Sync + 'static {
   fn encode(&self, texts: &[String]) -> Result<Vec<TokenizedText>, BackendError>;
 }
 
+/// Where a backend runs, as it reports it once built ([`Backend::placement`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+  /// The backend's own name of what it runs on: `cpu`, `cuda`, …
+  pub provider: String,
+  /// Why it runs elsewhere than the worker's device was meant to, when it does.
+  pub fallback: Option<String>,
+}
+
+impl Default for Placement {
+  /// The CPU, as asked.
+  fn default() -> Self {
+    Self { provider: "cpu".to_owned(), fallback: None }
+  }
+}
+
 /// Runs batches for one worker. Each worker thread owns its backend (ONNX Runtime sessions
 /// take `&mut self` to run), so it only needs to be `Send`.
 pub trait Backend: Send + 'static {
@@ -54,6 +70,12 @@ pub trait Backend: Send + 'static {
   /// (the default) for an embedding model.
   fn seq2seq(&mut self) -> Option<&mut dyn Seq2Seq> {
     None
+  }
+
+  /// What it runs on, read once it is built: the worker's statistics report it
+  /// ([`crate::WorkerStats::provider`]). The default: the CPU, as asked.
+  fn placement(&self) -> Placement {
+    Placement::default()
   }
 }
 

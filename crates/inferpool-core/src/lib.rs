@@ -27,7 +27,7 @@ mod scheduler;
 pub mod sim;
 mod stats;
 
-pub use backend::{Backend, BackendFactory, Tokenize, TokenizedText};
+pub use backend::{Backend, BackendFactory, Placement, Tokenize, TokenizedText};
 pub use batch::{BatchPolicy, ShareRule};
 pub use cancel::CallHandle;
 pub use config::{CloseMode, MAX_MODELS, PoolConfig};

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::{Backend, BackendError, BackendErrorKind, Tokenize, TokenizedText};
+use crate::{Backend, BackendError, BackendErrorKind, Placement, Tokenize, TokenizedText};
 
 /// One token per byte.
 #[derive(Clone, Copy, Debug, Default)]
@@ -53,6 +53,8 @@ pub struct SimBackend {
   /// [`Backend::run_alone`] reports the batch spread over idle workers' cores (it runs in the
   /// same time: only the report differs).
   pub spreads: bool,
+  /// What [`Backend::placement`] reports.
+  pub placement: Placement,
 }
 
 impl Default for SimBackend {
@@ -66,6 +68,7 @@ impl Default for SimBackend {
       memory_tokens: None,
       seed: 1,
       spreads: false,
+      placement: Placement::default(),
     }
   }
 }
@@ -146,6 +149,10 @@ impl Backend for SimBackend {
 
   fn run_alone(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<bool, BackendError> {
     self.run(batch, out).map(|()| self.spreads)
+  }
+
+  fn placement(&self) -> Placement {
+    self.placement.clone()
   }
 }
 

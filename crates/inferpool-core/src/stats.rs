@@ -89,6 +89,12 @@ pub struct WorkerStats {
   pub memory_budget: u64,
   /// Why its device could not start, when it could not.
   pub failure: Option<String>,
+  /// What the backend it loaded last runs on ([`crate::Placement::provider`]); `None` before
+  /// any load.
+  pub provider: Option<String>,
+  /// Why it runs elsewhere than its device was meant to, once a backend of it reported so
+  /// ([`crate::Placement::fallback`]).
+  pub fallback: Option<String>,
   /// Per model, by index.
   pub models: Vec<WorkerModelStats>,
 }
@@ -222,6 +228,8 @@ impl Registry {
         memory_used: w.memory_used.load(Ordering::Relaxed),
         memory_budget: r.config.budget(index),
         failure: w.failure.get().cloned(),
+        provider: w.provider(),
+        fallback: w.fallback.get().cloned(),
         models: w
           .models
           .iter()

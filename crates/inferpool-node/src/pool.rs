@@ -37,7 +37,7 @@ pub struct BindingPool {
   inner: Arc<Pool>,
   /// Longest token sequence of each model.
   max_lengths: Vec<u32>,
-  /// Device, provider and fallback of each worker.
+  /// The device of each worker.
   workers: WorkerDevices,
   /// Per model: how a seq2seq model's tokens become text.
   generators: Vec<Option<Generator>>,

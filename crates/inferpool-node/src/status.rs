@@ -2,7 +2,7 @@
 //! built from one snapshot of the core's counters.
 
 use inferpool_core::{PoolStats, WorkerStats};
-use inferpool_ort::{Generator, WorkerDevices};
+use inferpool_ort::{Generator, Provider, WorkerDevices};
 use napi_derive::napi;
 
 use crate::{
@@ -18,7 +18,7 @@ pub struct BindingWorkerStatus {
   pub id: u32,
   /// `cpu` or `cuda:N`, as asked.
   pub device: String,
-  /// The execution provider it runs on.
+  /// The execution provider it runs on: its last loaded model's, before any load its device's.
   pub provider: BindingProvider,
   /// Why it runs on the CPU although it was given a GPU.
   pub fallback: Option<String>,
@@ -184,8 +184,13 @@ impl BindingWorkerStatus {
     Self {
       id: index(id),
       device: devices.device(id).map(|d| d.to_string()).unwrap_or_default(),
-      provider: devices.provider(id).into(),
-      fallback: devices.fallback(id).map(str::to_owned),
+      provider: w
+        .provider
+        .as_deref()
+        .and_then(Provider::from_name)
+        .unwrap_or_else(|| devices.provider(id))
+        .into(),
+      fallback: w.fallback.clone(),
       failure: w.failure.clone(),
       state: w.state.into(),
       loaded_models: (0..w.models.len()).filter(|&m| w.models[m].loaded).map(index).collect(),

@@ -9,74 +9,38 @@
 //!
 //! It blocks for the whole start: call it off any event loop.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use inferpool_core::{
   BackendError, BackendErrorKind, EventSink, ModelConfig, ModelKind, Models, Pool, Tokenize,
 };
 
 use crate::{
-  backend::{Device, Fallbacks, SessionOptions, SessionSpec, model_factory},
+  backend::{Device, Provider, SessionOptions, SessionSpec, model_factory},
   model::{EmbeddingModel, ModelFiles},
   seq2seq::{Seq2SeqConfig, Seq2SeqFiles},
   spec::{ModelSpec, PoolSpec},
 };
 
-/// The execution provider a worker runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Provider {
-  /// ONNX Runtime's CPU provider.
-  Cpu,
-  /// ONNX Runtime's CUDA provider.
-  Cuda,
-}
-
-impl Provider {
-  /// `cpu` or `cuda`.
-  #[must_use]
-  pub fn as_str(self) -> &'static str {
-    match self {
-      Self::Cpu => "cpu",
-      Self::Cuda => "cuda",
-    }
-  }
-}
-
-/// The device of every worker, and what each actually runs on.
+/// The device each worker was given. What a worker actually runs on, once it has loaded a
+/// model, is in the core's [`inferpool_core::WorkerStats`].
 #[derive(Clone, Debug)]
 pub struct WorkerDevices {
-  /// The device each worker was given, by worker index.
+  /// By worker index.
   devices: Vec<Device>,
-  /// Why a GPU worker runs on the CPU, by worker index (set by its first load that failed on
-  /// the GPU, only when the spec allows the fallback).
-  fallbacks: Fallbacks,
 }
 
 impl WorkerDevices {
-  fn new(devices: Vec<Device>) -> Self {
-    let fallbacks = devices.iter().map(|_| OnceLock::new()).collect();
-    Self { devices, fallbacks }
-  }
-
   /// The device worker `worker` was given.
   #[must_use]
   pub fn device(&self, worker: usize) -> Option<Device> {
     self.devices.get(worker).copied()
   }
 
-  /// Why worker `worker` runs on the CPU although it was given a GPU.
-  #[must_use]
-  pub fn fallback(&self, worker: usize) -> Option<&str> {
-    self.fallbacks.get(worker).and_then(OnceLock::get).map(String::as_str)
-  }
-
-  /// The provider worker `worker` runs on: CUDA for a GPU worker that has not fallen back.
+  /// The provider of the device worker `worker` was given (the CPU for no such worker).
   #[must_use]
   pub fn provider(&self, worker: usize) -> Provider {
-    match self.device(worker) {
-      Some(Device::Cuda(_)) if self.fallback(worker).is_none() => Provider::Cuda,
-      _ => Provider::Cpu,
-    }
+    self.device(worker).map_or(Provider::Cpu, Device::provider)
   }
 }
 
@@ -98,7 +62,7 @@ pub struct BuiltPool {
   pub pool: Pool,
   /// Longest token sequence fed to each model, by model index.
   pub max_lengths: Vec<usize>,
-  /// Each worker's device and provider.
+  /// Each worker's device.
   pub workers: WorkerDevices,
   /// Per model: how its tokens become text, for a seq2seq model.
   pub generators: Vec<Option<Generator>>,
@@ -201,11 +165,10 @@ pub fn build_pool(spec: PoolSpec, events: Option<EventSink>) -> Result<BuiltPool
     max_lengths.push(prepared.max_length);
     generators.push(prepared.generator);
   }
-  let workers = WorkerDevices::new(spec.devices);
-  let fallbacks = spec.cpu_fallback.then(|| Arc::clone(&workers.fallbacks));
+  let workers = WorkerDevices { devices: spec.devices };
   let models = Models {
     models: configs,
-    factory: model_factory(sessions, workers.devices.clone(), fallbacks),
+    factory: model_factory(sessions, workers.devices.clone(), spec.cpu_fallback),
     preload: spec.preload,
     events,
   };
@@ -257,11 +220,11 @@ mod tests {
     assert_eq!(workers.device(2), None);
     assert_eq!(workers.provider(0), Provider::Cpu);
     assert_eq!(workers.provider(1), Provider::Cuda);
-    assert_eq!(workers.fallback(1), None);
-    workers.fallbacks[1].set("no CUDA".to_owned()).unwrap();
-    assert_eq!(workers.fallback(1), Some("no CUDA"));
-    assert_eq!(workers.provider(1), Provider::Cpu);
     assert_eq!(Provider::Cuda.as_str(), "cuda");
+    assert_eq!(Provider::from_name("cuda"), Some(Provider::Cuda));
+    assert_eq!(Provider::from_name("tpu"), None);
+    // Nothing loaded: the core knows of no provider yet.
+    assert!(built.pool.stats().workers.iter().all(|w| w.provider.is_none()));
     built.pool.close(CloseMode::Cancel);
   }
 

@@ -5,57 +5,22 @@
 //! `last_hidden_state` (or `token_embeddings`, or the first rank-3 output). A batch is padded to
 //! its longest item; pooling only reads the real tokens of each row.
 
-use std::{
-  borrow::Cow,
-  path::PathBuf,
-  sync::{Arc, OnceLock},
-};
+use std::{borrow::Cow, path::PathBuf, sync::OnceLock};
 
-use inferpool_core::{Backend, BackendError, BackendErrorKind, ModelFactory, TokenizedText};
+use inferpool_core::{
+  Backend, BackendError, BackendErrorKind, ModelFactory, Placement, TokenizedText,
+};
 use ort::{
   ep,
   session::{Session, SessionInputValue, builder::GraphOptimizationLevel},
   value::Tensor,
 };
 
+pub use crate::device::{Device, Provider};
 use crate::{
   pooling::{Pooling, normalize, pool_into},
   runtime::environment,
 };
-
-/// Where a worker runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Device {
-  /// The CPU execution provider.
-  Cpu,
-  /// The CUDA execution provider on this device id.
-  Cuda(i32),
-}
-
-impl std::str::FromStr for Device {
-  type Err = String;
-  fn from_str(s: &str) -> Result<Self, Self::Err> {
-    match s {
-      "cpu" => Ok(Self::Cpu),
-      "cuda" => Ok(Self::Cuda(0)),
-      _ => s
-        .strip_prefix("cuda:")
-        .and_then(|id| id.parse::<i32>().ok())
-        .filter(|id| *id >= 0)
-        .map(Self::Cuda)
-        .ok_or_else(|| format!("unknown device {s:?}: expected \"cpu\" or \"cuda:N\"")),
-    }
-  }
-}
-
-impl std::fmt::Display for Device {
-  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    match self {
-      Self::Cpu => f.write_str("cpu"),
-      Self::Cuda(id) => write!(f, "cuda:{id}"),
-    }
-  }
-}
 
 /// How each session is built and how its output is reduced.
 #[derive(Clone, Debug)]
@@ -78,6 +43,8 @@ pub struct OrtBackend {
   /// The model's lone session, for CPU workers of a pool with cores to spare.
   pub(crate) lone: Option<crate::lone::Lone>,
   device: Device,
+  /// Why it runs on the CPU although its worker was given a GPU.
+  fallback: Option<String>,
   feeds_token_type_ids: bool,
   output: String,
   hidden: usize,
@@ -190,6 +157,7 @@ impl OrtBackend {
       session,
       lone: None,
       device,
+      fallback: None,
       feeds_token_type_ids,
       output: output_name,
       hidden: 0,
@@ -335,6 +303,10 @@ impl Backend for OrtBackend {
     self.hidden
   }
 
+  fn placement(&self) -> Placement {
+    self.device.placement(self.fallback.as_deref())
+  }
+
   fn run_alone(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<bool, BackendError> {
     if let Some(ran) = self.lone.as_ref().and_then(|lone| lone.run(batch, out)) {
       return ran.map(|()| true);
@@ -362,10 +334,6 @@ impl Backend for OrtBackend {
   }
 }
 
-/// Why a worker runs on the CPU instead of the GPU it was given, per worker index (set once,
-/// by its first load that failed on the GPU).
-pub type Fallbacks = Arc<[OnceLock<String>]>;
-
 /// One model a factory can load: its ONNX file and how its sessions run.
 #[derive(Clone, Debug)]
 pub struct SessionSpec {
@@ -377,52 +345,61 @@ pub struct SessionSpec {
   pub seq2seq: Option<(crate::seq2seq::Seq2SeqFiles, crate::seq2seq::Seq2SeqConfig)>,
 }
 
-/// A factory that gives worker `w` a session of `models[m]` on `devices[w]`. With `fallbacks`,
-/// a worker whose GPU session cannot be built gets a CPU session instead, the reason is kept in
-/// `fallbacks[w]`, and its later loads go to the CPU directly; without, the error is returned.
+/// Builds a backend with `open` on `device`. With `cpu_fallback`, a GPU backend that cannot
+/// be built is built on the CPU instead, and the GPU's error is returned with it.
+fn open_or_fall_back<B>(
+  device: Device,
+  cpu_fallback: bool,
+  open: impl Fn(Device) -> Result<B, BackendError>,
+) -> Result<(B, Option<String>), BackendError> {
+  match open(device) {
+    Err(error) if cpu_fallback && device != Device::Cpu => {
+      // A model that cannot load fails on the CPU too, and that error is the one reported.
+      let backend = open(Device::Cpu)?;
+      Ok((backend, Some(error.message.trim_end().to_owned())))
+    }
+    built => built.map(|backend| (backend, None)),
+  }
+}
+
+/// A factory that gives worker `w` a session of `models[m]` on `devices[w]`. With
+/// `cpu_fallback`, a worker whose GPU session cannot be built gets a CPU session instead, which
+/// reports why ([`Backend::placement`]), and its later loads go to the CPU directly; without,
+/// the error is returned.
 #[must_use]
 pub fn model_factory(
   models: Vec<SessionSpec>,
   devices: Vec<Device>,
-  fallbacks: Option<Fallbacks>,
+  cpu_fallback: bool,
 ) -> ModelFactory {
   let lone = crate::lone::LoneSessions::new(models.len());
+  // Why each worker fell back to the CPU, set by its first load that did.
+  let fallbacks: Vec<OnceLock<String>> = devices.iter().map(|_| OnceLock::new()).collect();
   Box::new(move |worker, model| {
     let spec = models.get(model).ok_or_else(|| model_error(format!("no model {model}")))?;
-    let mut device = devices.get(worker).copied().unwrap_or(Device::Cpu);
-    let fallen_back =
-      fallbacks.as_ref().and_then(|f| f.get(worker)).is_some_and(|slot| slot.get().is_some());
-    if fallen_back {
-      device = Device::Cpu;
-    }
+    let earlier = fallbacks.get(worker).and_then(OnceLock::get).cloned();
+    let device = match earlier {
+      Some(_) => Device::Cpu,
+      None => devices.get(worker).copied().unwrap_or(Device::Cpu),
+    };
+    let remember = |fell: Option<String>| {
+      if let (Some(reason), Some(slot)) = (&fell, fallbacks.get(worker)) {
+        let _ = slot.set(reason.clone());
+      }
+      fell.or_else(|| earlier.clone())
+    };
     if let Some((files, config)) = &spec.seq2seq {
       let threads = spec.options.intra_threads;
-      let open =
-        |device| crate::seq2seq::Seq2SeqBackend::new(files, config.clone(), device, threads);
-      let backend = match (open(device), &fallbacks) {
-        (Err(error), Some(fallbacks)) if device != Device::Cpu => {
-          let backend = open(Device::Cpu)?;
-          if let Some(slot) = fallbacks.get(worker) {
-            let _ = slot.set(error.message.trim_end().to_owned());
-          }
-          backend
-        }
-        (built, _) => built?,
-      };
+      let (mut backend, fell) = open_or_fall_back(device, cpu_fallback, |device| {
+        crate::seq2seq::Seq2SeqBackend::new(files, config.clone(), device, threads)
+      })?;
+      backend.fallback = remember(fell);
       return Ok(Box::new(backend) as Box<dyn Backend>);
     }
-    let built = match (OrtBackend::new(&spec.onnx, device, spec.options.clone()), &fallbacks) {
-      (Err(error), Some(fallbacks)) if device != Device::Cpu => {
-        // A model that cannot load fails on the CPU too, and that error is the one reported.
-        let backend = OrtBackend::new(&spec.onnx, Device::Cpu, spec.options.clone())?;
-        if let Some(slot) = fallbacks.get(worker) {
-          let _ = slot.set(error.message.trim_end().to_owned());
-        }
-        Ok(backend)
-      }
-      (built, _) => built,
-    };
-    let mut backend = built?;
+    let (mut backend, fell) = open_or_fall_back(device, cpu_fallback, |device| {
+      OrtBackend::new(&spec.onnx, device, spec.options.clone())
+    })?;
+    backend.fallback = remember(fell);
     if backend.device == Device::Cpu {
       backend.lone = lone.attach(model, spec);
     }
@@ -458,5 +435,24 @@ mod tests {
     ] {
       assert_eq!(inference_error(message.to_owned()).kind, BackendErrorKind::Run, "{message}");
     }
+  }
+
+  #[test]
+  fn a_gpu_that_fails_falls_back_to_the_cpu_only_when_allowed_and_says_why() {
+    let open = |device: Device| match device {
+      Device::Cpu => Ok(device),
+      Device::Cuda(_) => Err(BackendError::new(BackendErrorKind::Device, "no CUDA for cuda:1\n")),
+    };
+    let (built, fell) = open_or_fall_back(Device::Cuda(1), true, open).unwrap();
+    assert_eq!((built, fell.as_deref()), (Device::Cpu, Some("no CUDA for cuda:1")));
+    let error = open_or_fall_back(Device::Cuda(1), false, open).unwrap_err();
+    assert_eq!(error.kind, BackendErrorKind::Device);
+    assert_eq!(open_or_fall_back(Device::Cpu, true, open).unwrap(), (Device::Cpu, None));
+    let placement = Device::Cpu.placement(fell.as_deref());
+    assert_eq!((placement.provider.as_str(), placement.fallback), ("cpu", fell));
+    assert_eq!(
+      Device::Cuda(0).placement(None),
+      Placement { provider: "cuda".into(), fallback: None }
+    );
   }
 }

@@ -6,6 +6,8 @@
 //!   decides the maximum sequence length.
 //! * [`backend`]: one ONNX Runtime session per worker, pooling and normalisation; implements the
 //!   core's [`inferpool_core::Backend`].
+//! * `device`: where a worker runs ([`Device`]) and the execution provider that runs it
+//!   ([`Provider`]), as its backends report it to the core ([`inferpool_core::Placement`]).
 //! * `lone`: the model's lone session, which a batch runs on when the rest of the pool is idle.
 //! * [`pooling`]: mean / CLS pooling and L2 normalisation, free of ONNX Runtime.
 //! * `tokenization`: a call's texts to token ids, long texts by prefixes (the work bounded by
@@ -17,6 +19,7 @@
 mod affinity;
 mod assembly;
 pub mod backend;
+mod device;
 mod lone;
 pub mod model;
 pub mod pooling;
@@ -27,8 +30,8 @@ pub mod spec;
 mod test_folder;
 mod tokenization;
 
-pub use assembly::{BuiltPool, Generator, Provider, WorkerDevices, build_pool};
-pub use backend::{Device, Fallbacks, SessionOptions, SessionSpec, model_factory};
+pub use assembly::{BuiltPool, Generator, WorkerDevices, build_pool};
+pub use backend::{Device, Provider, SessionOptions, SessionSpec, model_factory};
 pub use model::{EmbeddingModel, ModelFiles};
 pub use pooling::Pooling;
 pub use runtime::{RuntimeInfo, init_runtime};

@@ -78,7 +78,7 @@ pub struct PoolSpec {
   /// A call beyond `max_queued_items` waits for room (in call order) instead of failing.
   pub wait_when_full: bool,
   /// A GPU worker whose session cannot be built runs on the CPU instead, and says why
-  /// ([`crate::WorkerDevices::fallback`]).
+  /// ([`inferpool_core::WorkerStats::fallback`]).
   pub cpu_fallback: bool,
   /// A worker whose device fails while it preloads is marked failed and the pool starts
   /// without it (unless a model is left with no worker).

@@ -167,6 +167,7 @@ impl WorkerThread {
     let registry = Arc::clone(&self.registry);
     let shared = &registry.models[model];
     let loaded_at = Instant::now();
+    self.shared().place(backend.placement());
     self.models[model].slot =
       Some(Slot { backend, usage: Usage::new(loaded_at), last_used: loaded_at, loaded_at });
     let worker = self.shared();

@@ -15,7 +15,7 @@ use std::{
 use crossbeam_deque::Stealer;
 
 use crate::{
-  Event, EventSink, ModelConfig, ModelFactory, PoolConfig, PoolError, WorkerState,
+  Event, EventSink, ModelConfig, ModelFactory, Placement, PoolConfig, PoolError, WorkerState,
   batch::{Outstanding, Queued, queue::Queues},
   metrics::{PoolHistograms, WorkerHistograms},
   request::Request,
@@ -67,6 +67,12 @@ pub(crate) struct WorkerShared {
   pub(crate) memory_used: AtomicU64,
   /// Why its device could not start.
   pub(crate) failure: OnceLock<String>,
+  /// What the backend it loaded last runs on ([`crate::Placement::provider`]); `None` before
+  /// any load. Locked only by a load and by a stats read.
+  pub(crate) provider: Mutex<Option<String>>,
+  /// Why it runs elsewhere than its device was meant to: the first fallback a backend of it
+  /// reported (it stays: later loads on the device it fell back to are still fallen back).
+  pub(crate) fallback: OnceLock<String>,
   pub(crate) models: Box<[WorkerModelShared]>,
 }
 
@@ -81,6 +87,19 @@ impl WorkerShared {
 
   pub(crate) fn state(&self) -> WorkerState {
     WorkerState::from_u8(self.state.load(Ordering::Relaxed))
+  }
+
+  /// Records where a backend it just loaded runs.
+  pub(crate) fn place(&self, placement: Placement) {
+    if let Some(reason) = placement.fallback {
+      let _ = self.fallback.set(reason);
+    }
+    *lock(&self.provider) = Some(placement.provider);
+  }
+
+  /// What the backend it loaded last runs on.
+  pub(crate) fn provider(&self) -> Option<String> {
+    lock(&self.provider).clone()
   }
 }
 

@@ -7,7 +7,7 @@
 use std::{borrow::Cow, collections::HashMap};
 
 use inferpool_core::{
-  Backend, BackendError, BackendErrorKind, DecodeState, Seq2Seq, TokenizedText,
+  Backend, BackendError, BackendErrorKind, DecodeState, Placement, Seq2Seq, TokenizedText,
 };
 use ort::{
   session::{Session, SessionInputValue},
@@ -31,6 +31,8 @@ pub struct Seq2SeqBackend {
   layout: &'static str,
   config: Seq2SeqConfig,
   device: Device,
+  /// Why it runs on the CPU although its worker was given a GPU.
+  pub(crate) fallback: Option<String>,
   /// Names of the decoder inputs, per session (first, later).
   inputs: (Vec<String>, Vec<String>),
 }
@@ -198,6 +200,7 @@ impl Seq2SeqBackend {
       layout: files.layout.name(),
       config,
       device,
+      fallback: None,
       inputs: (first, later),
     })
   }
@@ -222,6 +225,10 @@ impl Backend for Seq2SeqBackend {
 
   fn seq2seq(&mut self) -> Option<&mut dyn Seq2Seq> {
     Some(self)
+  }
+
+  fn placement(&self) -> Placement {
+    self.device.placement(self.fallback.as_deref())
   }
 }
 
