@@ -8,7 +8,7 @@
 //!   has a known length and batches can be cut by padded-token cost;
 //! * [`Backend`]: runs one batch on one worker's device and returns one row per item; a
 //!   backend of an encoder-decoder model also encodes and decodes ([`Seq2Seq`]): generation
-//!   is batched in cohorts ([`generation`]).
+//!   is batched in cohorts (`generation`).
 //!
 //! Tests and the simulation run the real pool against the simulated backend (`sim`, behind the
 //! `sim` feature), so nothing here needs ONNX Runtime or a GPU.

@@ -1,6 +1,6 @@
 //! `BindingCall`: one `embed` call, its answer and the means to cancel it; and what every call
-//! shares: how it is handed to the pool ([`dispatch`]) and how its answer reaches its promise
-//! ([`Answer`]).
+//! shares: how it is handed to the pool (`dispatch`) and how its answer reaches its promise
+//! (`Answer`).
 //!
 //! Both are short paths, because at low load they are most of a call's overhead: every thread a
 //! call passes through must be woken, which costs tens of microseconds on an idle core. A small

@@ -5,9 +5,10 @@
 //! * Synchronous methods return [`Result`], a `napi::Result` whose status is the code: napi-rs
 //!   throws it as an `Error` with that `code`.
 //! * napi-rs rejects the promise of an `async fn` with its own status as the code, so
-//!   asynchronous methods return [`promise`] instead: the future runs on the async runtime, and
-//!   its error becomes the `Error` with the code on the JavaScript thread, which napi-rs then
-//!   rejects the promise with, unchanged.
+//!   asynchronous methods build their promise themselves: `promise` runs a future on the async
+//!   runtime, and a call's answer settles its promise from the worker (`call::Answer`); either
+//!   way the error becomes the `Error` with the code on the JavaScript thread, and the promise is
+//!   rejected with it, unchanged.
 //! * An event carries its error as data, a [`BindingError`].
 
 use std::{

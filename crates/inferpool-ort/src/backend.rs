@@ -1,6 +1,6 @@
 //! One ONNX Runtime session per worker.
 //!
-//! The session is created on the worker's own thread ([`backend_factory`]). Its inputs must be
+//! The session is created on the worker's own thread ([`model_factory`]). Its inputs must be
 //! `input_ids` and `attention_mask`, optionally `token_type_ids`; its token-level output is
 //! `last_hidden_state` (or `token_embeddings`, or the first rank-3 output). A batch is padded to
 //! its longest item; pooling only reads the real tokens of each row.

@@ -72,7 +72,7 @@ pub struct BatchPolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShareRule {
   /// Enough to finish when every worker holding the model finishes, given their measured speeds
-  /// and the batches they are running ([`share::fair_share`]).
+  /// and the batches they are running (`share::fair_share`).
   WaterFilling,
   /// The queue divided evenly by the workers holding the model.
   Equal,

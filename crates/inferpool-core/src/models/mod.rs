@@ -50,7 +50,7 @@ pub enum ModelKind {
   #[default]
   Embedding,
   /// An encoder-decoder that generates text from a prompt, in cohorts
-  /// ([`crate::generation`]).
+  /// (the `generation` module).
   Seq2Seq,
 }
 

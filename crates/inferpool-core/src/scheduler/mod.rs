@@ -247,7 +247,7 @@ impl Pool {
     self.registry.models.len()
   }
 
-  /// A place in line for a request about to be submitted ([`SubmitOptions::turn`]): with
+  /// A place in line for a request about to be submitted ([`crate::SubmitOptions::turn`]): with
   /// `wait_when_full`, requests are admitted in the order of their turns. Take it where the
   /// caller's order is known (the caller's thread) when the submit itself runs elsewhere.
   #[must_use]
