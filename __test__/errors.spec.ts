@@ -120,7 +120,11 @@ describe('a closed pool', () => {
 
   it('cancels queued work with drain: false, and every call settles', async () => {
     const pool = await Pool.create({ model: TINY_BERT, cpuWorkers: 1, maxBatchSize: 1 })
-    const calls = Array.from({ length: 200 }, (_, i) => pool.embed([`the man ${i} ${'food '.repeat(20)}`]))
+    // 3,200 texts, one per batch: far more than the worker runs while the calls are made, so
+    // work is still queued when the close comes.
+    const calls = Array.from({ length: 200 }, (_, i) =>
+      pool.embed(Array.from({ length: 16 }, (_, j) => `the man ${i} ${j} ${'food '.repeat(20)}`)),
+    )
     const settling = Promise.allSettled(calls)
     await pool.close({ drain: false })
     const settled = await settling
@@ -128,6 +132,7 @@ describe('a closed pool', () => {
     expect(settled).toHaveLength(200)
     expect(rejected.length).toBeGreaterThan(0)
     for (const r of rejected) expect((r as PromiseRejectedResult).reason.code).toBe('POOL_CLOSED')
+    for (const s of settled) if (s.status === 'fulfilled') expect(s.value).toHaveLength(16)
   })
 
   it('supports await using', async () => {
