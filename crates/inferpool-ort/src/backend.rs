@@ -43,7 +43,7 @@ pub struct OrtBackend {
   /// The model's lone session, for CPU workers of a pool with cores to spare.
   pub(crate) lone: Option<crate::lone::Lone>,
   device: Device,
-  /// Why it runs on the CPU although its worker was given a GPU.
+  /// Why it was built on the CPU instead of its worker's GPU, when this load fell back.
   fallback: Option<String>,
   feeds_token_type_ids: bool,
   output: String,
@@ -377,16 +377,16 @@ pub fn model_factory(
   let fallbacks: Vec<OnceLock<String>> = devices.iter().map(|_| OnceLock::new()).collect();
   Box::new(move |worker, model| {
     let spec = models.get(model).ok_or_else(|| model_error(format!("no model {model}")))?;
-    let earlier = fallbacks.get(worker).and_then(OnceLock::get).cloned();
-    let device = match earlier {
-      Some(_) => Device::Cpu,
-      None => devices.get(worker).copied().unwrap_or(Device::Cpu),
-    };
+    // A worker that fell back once loads on the CPU directly; the core keeps the reason its
+    // first fallback reported (`WorkerStats::fallback`).
+    let fell_back = fallbacks.get(worker).is_some_and(|slot| slot.get().is_some());
+    let device =
+      if fell_back { Device::Cpu } else { devices.get(worker).copied().unwrap_or(Device::Cpu) };
     let remember = |fell: Option<String>| {
       if let (Some(reason), Some(slot)) = (&fell, fallbacks.get(worker)) {
         let _ = slot.set(reason.clone());
       }
-      fell.or_else(|| earlier.clone())
+      fell
     };
     if let Some((files, config)) = &spec.seq2seq {
       let threads = spec.options.intra_threads;

@@ -31,7 +31,7 @@ pub struct Seq2SeqBackend {
   layout: &'static str,
   config: Seq2SeqConfig,
   device: Device,
-  /// Why it runs on the CPU although its worker was given a GPU.
+  /// Why it was built on the CPU instead of its worker's GPU, when this load fell back.
   pub(crate) fallback: Option<String>,
   /// Names of the decoder inputs, per session (first, later).
   inputs: (Vec<String>, Vec<String>),
