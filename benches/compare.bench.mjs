@@ -7,7 +7,8 @@
 //                      [-- --workloads bulk,concurrent,singles,trickle]
 //                      [-- --baseline /abs/path/to/other/dist]
 //   --quick     every workload ~10× smaller, to check the script
-//   --only      the contenders to run, comma-separated (default: all)
+//   --only      the contenders to run, comma-separated (default: all but ort-main-idle, which
+//               runs only when named: the main-thread session without its threads' spinning)
 //   --workloads the workloads to run, comma-separated (default: all)
 //   --baseline  also runs inferpool from another build's dist folder, copied inside this
 //               checkout so that its imports resolve (contender
@@ -176,7 +177,9 @@ function report() {
 }
 
 function select(only) {
-  if (!only) return CONTENDERS.filter((contender) => !contender.baseline || values.baseline)
+  if (!only) {
+    return CONTENDERS.filter((contender) => !contender.onRequest && (!contender.baseline || values.baseline))
+  }
   const ids = only.split(',').map((id) => id.trim())
   const unknown = ids.filter((id) => !CONTENDERS.some((contender) => contender.id === id))
   if (unknown.length > 0) {

@@ -6,6 +6,8 @@ export const CONTENDERS = [
   { id: 'transformers', label: 'transformers.js', peer: true },
   { id: 'ort-main', label: 'onnxruntime-node, main thread', peer: true },
   { id: 'ceiling', label: 'onnxruntime-node, session.run only' },
+  // Only when named in --only: the main-thread session whose threads sleep between calls.
+  { id: 'ort-main-idle', label: 'onnxruntime-node, main thread, threads idle between calls', onRequest: true },
   // Only with --baseline: inferpool from another build, to compare two versions in one run.
   { id: 'inferpool-baseline', label: 'inferpool, baseline build', baseline: true },
 ]

@@ -5,10 +5,15 @@ import * as ort from 'onnxruntime-node'
 import { createEmbedder } from '../encoder.mjs'
 import { rows } from '../vectors.mjs'
 
-export async function create(model) {
-  const embedder = await createEmbedder(model)
+export function create(model) {
+  return mainThread(model, {}, 'default options')
+}
+
+/** One session with `sessionOptions` (described as `settings`), used from the main thread. */
+export async function mainThread(model, sessionOptions, settings) {
+  const embedder = await createEmbedder(model, sessionOptions)
   return {
-    describe: `one onnxruntime-node ${ort.env.versions.node} session, default options`,
+    describe: `one onnxruntime-node ${ort.env.versions.node} session, ${settings}`,
     embed: async (texts) => rows(await embedder.embed(texts), texts.length),
     close: () => embedder.release(),
   }

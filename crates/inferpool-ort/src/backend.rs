@@ -168,16 +168,18 @@ impl OrtBackend {
     } else {
       // The hidden size is symbolic: learn it from one tiny run.
       let probe = TokenizedText { ids: vec![0], type_ids: vec![0] };
-      backend.forward(&[&probe])?.1
+      backend.forward(&[&probe], |_, hidden, _| hidden)?
     };
     Ok(backend)
   }
 
-  /// Runs the batch; returns the token states, the hidden size and the padded length.
-  fn forward(
+  /// Runs the batch and returns what `read` makes of the token states (a view of the session's
+  /// output: `[rows, seq, hidden]`, row after row), given the hidden size and the padded length.
+  fn forward<R>(
     &mut self,
     batch: &[&TokenizedText],
-  ) -> Result<(Vec<f32>, usize, usize), BackendError> {
+    read: impl FnOnce(&[f32], usize, usize) -> R,
+  ) -> Result<R, BackendError> {
     let rows = batch.len();
     let seq = batch.iter().map(|t| t.len()).max().unwrap_or(0).max(1);
     let mut ids = vec![0_i64; rows * seq];
@@ -224,7 +226,7 @@ impl OrtBackend {
       )));
     }
     let hidden = usize::try_from(dims[2]).expect("checked positive above");
-    Ok((data.to_vec(), hidden, seq))
+    Ok(read(data, hidden, seq))
   }
 }
 
@@ -315,22 +317,24 @@ impl Backend for OrtBackend {
   }
 
   fn run(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<(), BackendError> {
-    let (states, hidden, seq) = self.forward(batch)?;
-    if hidden != self.hidden {
-      return Err(run_error(format!(
-        "the model returned {hidden} values per token, expected {}",
-        self.hidden
-      )));
-    }
-    for ((item, row), token_states) in
-      batch.iter().zip(out.chunks_exact_mut(hidden)).zip(states.chunks_exact(seq * hidden))
-    {
-      pool_into(self.options.pooling, token_states, hidden, item.len(), row);
-      if self.options.normalize {
-        normalize(row);
+    let expected = self.hidden;
+    let SessionOptions { pooling, normalize: unit, .. } = self.options;
+    self.forward(batch, |states, hidden, seq| {
+      if hidden != expected {
+        return Err(run_error(format!(
+          "the model returned {hidden} values per token, expected {expected}"
+        )));
       }
-    }
-    Ok(())
+      for ((item, row), token_states) in
+        batch.iter().zip(out.chunks_exact_mut(hidden)).zip(states.chunks_exact(seq * hidden))
+      {
+        pool_into(pooling, token_states, hidden, item.len(), row);
+        if unit {
+          normalize(row);
+        }
+      }
+      Ok(())
+    })?
   }
 }
 
