@@ -65,6 +65,14 @@ pub trait Backend: Send + 'static {
     self.run(batch, out).map(|()| false)
   }
 
+  /// Whether [`Backend::run_alone`] may spread a batch over the cores of the other workers whose
+  /// backends can too (those sharing the same cores). While it does, those workers run no batch
+  /// of their own: one would take a core from the spread batch's threads and stall it. The
+  /// default: no.
+  fn can_spread(&self) -> bool {
+    false
+  }
+
   /// The encoder-decoder side of a backend of a seq2seq model ([`crate::ModelKind::Seq2Seq`]):
   /// such a model's batches are encoded and decoded there, never [`Backend::run`]. `None`
   /// (the default) for an embedding model.

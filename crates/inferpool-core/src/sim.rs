@@ -7,7 +7,10 @@
 //! they submitted. Failures can be injected: a text containing `panic` panics the batch, one
 //! containing `fail` fails it.
 
-use std::time::Duration;
+use std::{
+  sync::{Arc, Mutex, PoisonError},
+  time::{Duration, Instant},
+};
 
 use crate::{Backend, BackendError, BackendErrorKind, Placement, Tokenize, TokenizedText};
 
@@ -55,6 +58,19 @@ pub struct SimBackend {
   pub spreads: bool,
   /// What [`Backend::placement`] reports.
   pub placement: Placement,
+  /// Where every successful run is recorded, when set (shared by the clones of the backend).
+  pub log: Option<Arc<Mutex<Vec<SimRun>>>>,
+}
+
+/// One run of a [`SimBackend`], as its `log` records it.
+#[derive(Clone, Copy, Debug)]
+pub struct SimRun {
+  /// When the run began.
+  pub started: Instant,
+  /// When it returned.
+  pub ended: Instant,
+  /// Whether [`Backend::run_alone`] reported it spread.
+  pub spread: bool,
 }
 
 impl Default for SimBackend {
@@ -69,6 +85,7 @@ impl Default for SimBackend {
       seed: 1,
       spreads: false,
       placement: Placement::default(),
+      log: None,
     }
   }
 }
@@ -79,6 +96,22 @@ impl SimBackend {
   pub fn cost(&self, padded: usize) -> Duration {
     (self.per_batch + self.per_token * u32::try_from(padded).unwrap_or(u32::MAX))
       .mul_f64(self.slowdown)
+  }
+
+  /// Runs `batch` and records the run in `log`, if set.
+  fn logged(
+    &mut self,
+    batch: &[&TokenizedText],
+    out: &mut [f32],
+    spread: bool,
+  ) -> Result<(), BackendError> {
+    let started = Instant::now();
+    self.run_batch(batch, out)?;
+    if let Some(log) = &self.log {
+      let run = SimRun { started, ended: Instant::now(), spread };
+      log.lock().unwrap_or_else(PoisonError::into_inner).push(run);
+    }
+    Ok(())
   }
 
   /// Next pseudo-random number in [0, 1).
@@ -115,6 +148,25 @@ impl Backend for SimBackend {
   }
 
   fn run(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<(), BackendError> {
+    self.logged(batch, out, false)
+  }
+
+  fn run_alone(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<bool, BackendError> {
+    self.logged(batch, out, self.spreads).map(|()| self.spreads)
+  }
+
+  fn can_spread(&self) -> bool {
+    self.spreads
+  }
+
+  fn placement(&self) -> Placement {
+    self.placement.clone()
+  }
+}
+
+impl SimBackend {
+  /// One batch: its failures, its cost (slept) and its rows.
+  fn run_batch(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<(), BackendError> {
     let contains = |needle: &[u8]| {
       batch.iter().any(|item| {
         item
@@ -145,14 +197,6 @@ impl Backend for SimBackend {
       write_row(item, row);
     }
     Ok(())
-  }
-
-  fn run_alone(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<bool, BackendError> {
-    self.run(batch, out).map(|()| self.spreads)
-  }
-
-  fn placement(&self) -> Placement {
-    self.placement.clone()
   }
 }
 

@@ -3,10 +3,17 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{
+  sync::{Arc, Mutex},
+  thread,
+  time::Duration,
+};
 
 use common::{config, embed, expected, pool_with, sim, wait_until};
-use inferpool_core::{WorkerState, sim::SimBackend};
+use inferpool_core::{
+  WorkerState,
+  sim::{SimBackend, SimRun},
+};
 
 #[test]
 fn a_lone_call_is_spread_and_a_busy_pool_runs_its_own_batches() {
@@ -42,4 +49,47 @@ fn one_worker_never_spreads() {
   let texts = vec!["alone".to_owned()];
   assert_eq!(embed(&pool, &texts).unwrap(), expected(&texts));
   assert_eq!(pool.stats().workers[0].spread_batches, 0);
+}
+
+#[test]
+fn a_spread_batch_keeps_the_cores_until_it_ends() {
+  // Each round: one text, spread over both workers' cores; while it runs, a second call comes.
+  // The second must not start before the first ends (it would take a core from the spread
+  // batch's threads); then it runs, on either worker.
+  let log = Arc::new(Mutex::new(Vec::<SimRun>::new()));
+  let backend = SimBackend {
+    spreads: true,
+    per_batch: Duration::from_millis(40),
+    log: Some(Arc::clone(&log)),
+    ..sim()
+  };
+  let pool = Arc::new(pool_with(&config(2, 8), backend));
+  let idle = || pool.stats().workers.iter().all(|w| w.state == WorkerState::Idle);
+  for round in 0..6_u64 {
+    wait_until("every worker is idle", idle);
+    let first = vec![format!("first {round}")];
+    let caller = {
+      let (pool, first) = (Arc::clone(&pool), first.clone());
+      thread::spawn(move || embed(&pool, &first))
+    };
+    wait_until("the first call runs", || {
+      pool.stats().workers.iter().any(|w| w.state == WorkerState::Busy)
+    });
+    thread::sleep(Duration::from_millis(5 + 5 * round));
+    let second = vec![format!("second {round}")];
+    assert_eq!(embed(&pool, &second).unwrap(), expected(&second));
+    assert_eq!(caller.join().unwrap().unwrap(), expected(&first));
+  }
+  let runs = log.lock().unwrap().clone();
+  assert_eq!(runs.len(), 12, "{runs:?}");
+  let spread: Vec<&SimRun> = runs.iter().filter(|r| r.spread).collect();
+  assert!(spread.len() >= 6, "only {} of the first calls were spread: {runs:?}", spread.len());
+  for s in &spread {
+    for other in runs.iter().filter(|r| r.started != s.started) {
+      assert!(
+        other.ended <= s.started || other.started >= s.ended,
+        "a batch ran during a spread one: {other:?} overlaps {s:?}"
+      );
+    }
+  }
 }

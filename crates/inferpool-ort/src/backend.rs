@@ -316,6 +316,10 @@ impl Backend for OrtBackend {
     self.run(batch, out).map(|()| false)
   }
 
+  fn can_spread(&self) -> bool {
+    self.lone.is_some()
+  }
+
   fn run(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<(), BackendError> {
     let expected = self.hidden;
     let SessionOptions { pooling, normalize: unit, .. } = self.options;

@@ -32,6 +32,11 @@ impl WorkerThread {
     shared_model.in_flight_tokens.fetch_add(real, Ordering::Relaxed);
     shared_model.served_at.store(registry.nanos_since_epoch(), Ordering::Relaxed);
     self.set_state(WorkerState::Busy);
+    if self.models[model].slot.as_ref().is_some_and(|slot| slot.backend.can_spread()) {
+      // Marked busy first: a batch that starts spreading from now on sees it (module
+      // `spread`). One that spreads already holds these cores until it ends.
+      registry.spread.wait();
+    }
     let shared = &registry.workers[self.index];
     shared.batch_expected.store(self.predict(model, padded), Ordering::Relaxed);
     shared.batch_started.store(registry.nanos_since_epoch(), Ordering::Relaxed);
@@ -78,21 +83,29 @@ impl WorkerThread {
   /// Runs `batch` on this worker's backend of `model` (a panic becomes an error); on success
   /// its rows are in `self.out`. The flag tells whether the backend spread it over the cores of
   /// the other workers, which were all idle, with nothing queued, when it started
-  /// ([`crate::Backend::run_alone`]).
+  /// ([`crate::Backend::run_alone`]); they start no batch until it ends (module `spread`).
   pub(crate) fn execute(
     &mut self,
     model: usize,
     batch: &[Queued],
   ) -> (Result<(), BackendError>, bool) {
-    // Alone: the other workers are idle and nothing waits that they would start on at once,
-    // taking back the cores the batch would be spread over.
-    let workers = &self.registry.workers;
-    let alone = workers.len() > 1
-      && self.registry.models.iter().all(|m| m.queued_items() == 0)
-      && workers.iter().enumerate().all(|(index, worker)| {
-        index == self.index || !matches!(worker.state(), WorkerState::Busy | WorkerState::Loading)
-      });
+    let registry = Arc::clone(&self.registry);
     let slot = self.models[model].slot.as_mut().expect("a batch runs on a loaded model");
+    // Alone: the other workers are idle and nothing waits that they would start on at once.
+    // What decides is read again once the cores are claimed (module `spread`); the first read
+    // spares a busy pool the claim.
+    let workers = &registry.workers;
+    let alone = || {
+      registry.models.iter().all(|m| m.queued_items() == 0)
+        && workers.iter().enumerate().all(|(index, worker)| {
+          index == self.index || !matches!(worker.state(), WorkerState::Busy | WorkerState::Loading)
+        })
+    };
+    let claim = (workers.len() > 1 && slot.backend.can_spread() && alone())
+      .then(|| registry.spread.claim())
+      .flatten()
+      .filter(|_| alone());
+    let alone = claim.is_some();
     let dimension = slot.backend.dimension();
     self.out.clear();
     self.out.resize(batch.len() * dimension, 0.0);
@@ -108,6 +121,7 @@ impl WorkerThread {
     let result = catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|panic| {
       Err(BackendError::new(BackendErrorKind::Panic, panic_message(&*panic)))
     });
+    drop(claim);
     slot.last_used = Instant::now();
     match result {
       Ok(spread) => (Ok(()), spread),

@@ -26,8 +26,9 @@
 //! 5. It cuts a batch from what it holds ([`select`]): length-sorted, the most urgent item
 //!    included, capped by `max_batch_size`, the budget and the padding bound. The rest goes back
 //!    to its deque in length order, where idle workers can steal it.
-//! 6. The batch runs outside every lock, under `catch_unwind`. Rows go to their requests by
-//!    index. On failure: out-of-memory halves the budget and requeues the items; invalid input
+//! 6. The batch runs outside every lock, under `catch_unwind`; one that starts while every other
+//!    worker is idle and nothing is queued may be spread over their cores, which then start no
+//!    batch until it ends ([`spread`]). Rows go to their requests by index. On failure: out-of-memory halves the budget and requeues the items; invalid input
 //!    fails their requests; any other error (or a panic) requeues the items for another worker
 //!    up to `max_attempts`, and the worker backs off exponentially until it succeeds again.
 //! 7. Items of answered requests (failed, cancelled) and items past their deadline are dropped
@@ -72,6 +73,7 @@ pub(crate) mod decode;
 pub(crate) mod execute;
 pub(crate) mod registry;
 pub(crate) mod sleep;
+pub(crate) mod spread;
 pub(crate) mod startup;
 mod submit;
 mod tokenize;
@@ -176,6 +178,7 @@ impl Pool {
       epoch: Instant::now(),
       stealers: deques.iter().map(|d| d.iter().map(Worker::stealer).collect()).collect(),
       sleep: Sleep::new(config.workers),
+      spread: spread::Spread::default(),
       closing: AtomicU8::new(OPEN),
       outstanding,
       next_seq: AtomicU64::new(0),

@@ -156,6 +156,8 @@ pub(crate) struct Registry {
   pub(crate) stealers: Vec<Vec<Stealer<Queued>>>,
   /// Park/wake protocol.
   pub(crate) sleep: Sleep,
+  /// The cores a spread batch holds ([`crate::Backend::run_alone`]).
+  pub(crate) spread: super::spread::Spread,
   /// `OPEN`, `DRAIN` or `CANCEL`.
   pub(crate) closing: AtomicU8,
   /// Items (and tokens) accepted and not yet completed, over every model (decremented by
