@@ -4,12 +4,13 @@
 //   · one onnxruntime-node session on the main thread · the ceiling of a bare session.
 //
 // Usage: npm run bench [-- --quick] [-- --only inferpool,piscina,transformers,ort-main,ceiling]
-//                      [-- --workloads bulk,concurrent,singles,trickle]
+//                      [-- --workloads bulk,concurrent,singles,trickle,arrivals]
 //                      [-- --baseline /abs/path/to/other/dist]
 //   --quick     every workload ~10× smaller, to check the script
 //   --only      the contenders to run, comma-separated (default: all but ort-main-idle, which
 //               runs only when named: the main-thread session without its threads' spinning)
-//   --workloads the workloads to run, comma-separated (default: all)
+//   --workloads the workloads to run, comma-separated (default: all but arrivals, which runs
+//               only when named: single-text calls at random moments, 100 a second on average)
 //   --baseline  also runs inferpool from another build's dist folder, copied inside this
 //               checkout so that its imports resolve (contender
 //               inferpool-baseline), to compare two versions in one run
@@ -117,9 +118,9 @@ function contenderCases(contender) {
   )
 }
 
-/** The workloads `list` names (comma-separated ids), in their usual order; all without a list. */
+/** The workloads `list` names (comma-separated ids), in their usual order; without a list, all but those run on request. */
 function pickWorkloads(all, list) {
-  if (!list) return all
+  if (!list) return all.filter((w) => !w.onRequest)
   const ids = list.split(',').map((id) => id.trim())
   const unknown = ids.filter((id) => !all.some((w) => w.id === id))
   if (unknown.length > 0) {

@@ -3,21 +3,33 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 
+import { seeded } from './random.mjs'
 import { percentile } from './stats.mjs'
 
 const CALL_SIZE = 160
 
-/** The four workloads for a corpus of `size` texts; `quick` shrinks the fixed-size ones ~10×. */
+/**
+ * The workloads for a corpus of `size` texts; `quick` shrinks each ~10×. Those marked `onRequest`
+ * run only when named (`--workloads`).
+ */
 export function planWorkloads(size, quick) {
   const calls = Math.ceil(size / CALL_SIZE)
   const singles = quick ? 200 : 2000
   const rate = 20
+  const arrivals = 100
   const seconds = quick ? 1 : 10
   return [
     { id: 'bulk', label: `bulk: ${size} texts, ${calls} calls of ${CALL_SIZE} one after another` },
     { id: 'concurrent', label: `${calls} concurrent calls of ${CALL_SIZE}` },
     { id: 'singles', count: singles, label: `${singles} concurrent single-text calls` },
     { id: 'trickle', rate, seconds, label: `trickle: ${rate} single-text calls/s for ${seconds} s` },
+    {
+      id: 'arrivals',
+      rate: arrivals,
+      seconds,
+      onRequest: true,
+      label: `random arrivals: ${arrivals} single-text calls/s on average for ${seconds} s`,
+    },
   ]
 }
 
@@ -105,18 +117,37 @@ const RUNNERS = {
   // Latency counts from the due time, so a call that could not even be issued on time (a busy
   // event loop) is charged for the wait.
   async trickle({ rate, seconds }, embed, texts) {
-    const record = recorder()
-    const count = Math.round(rate * seconds)
-    const start = performance.now()
-    const pending = []
-    for (let i = 0; i < count; i++) {
-      const due = start + (i * 1000) / rate
-      const wait = due - performance.now()
-      if (wait > 0) await sleep(wait)
-      const text = texts[i % texts.length]
-      pending.push(record.add(due, [text], embed([text])))
-    }
-    await Promise.all(pending)
-    return record
+    return paced(embed, texts, Math.round(rate * seconds), (i) => (i * 1000) / rate)
   },
+
+  // Calls as independent users make them: the gaps between them are random (exponential, the
+  // same sequence for every contender), so calls often overlap although the machine has room
+  // for them on average. Latency counts from the due time, as in the trickle.
+  async arrivals({ rate, seconds }, embed, texts) {
+    const next = seeded()
+    const count = Math.round(rate * seconds)
+    const due = []
+    for (let i = 0, at = 0; i < count; i++) {
+      // A uniform draw in (0, 1], so that the logarithm is finite.
+      at += (-Math.log((next(2 ** 30) + 1) / 2 ** 30) * 1000) / rate
+      due.push(at)
+    }
+    return paced(embed, texts, count, (i) => due[i])
+  },
+}
+
+/** Calls `count` single texts, call i at `offset(i)` ms after the start, whatever happened before. */
+async function paced(embed, texts, count, offset) {
+  const record = recorder()
+  const start = performance.now()
+  const pending = []
+  for (let i = 0; i < count; i++) {
+    const due = start + offset(i)
+    const wait = due - performance.now()
+    if (wait > 0) await sleep(wait)
+    const text = texts[i % texts.length]
+    pending.push(record.add(due, [text], embed([text])))
+  }
+  await Promise.all(pending)
+  return record
 }
