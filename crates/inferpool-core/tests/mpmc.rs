@@ -5,8 +5,8 @@ mod common;
 
 use std::{sync::Arc, thread, time::Duration};
 
-use common::{config, embed, expected, pool_with, sim};
-use inferpool_core::sim::SimBackend;
+use common::{config, embed, expected, pool_with, sim, submit};
+use inferpool_core::{SubmitOptions, sim::SimBackend};
 
 #[test]
 fn many_submitters_many_workers() {
@@ -56,4 +56,24 @@ fn single_text_requests_of_different_callers_share_batches() {
   let stats = pool.stats();
   assert_eq!(stats.items(), 200);
   assert!(stats.batches() < 200 / 2, "{} batches for 200 single-text requests", stats.batches());
+}
+
+#[test]
+fn a_held_batch_takes_what_arrives_while_it_waits() {
+  // With `max_wait`, an idle worker holds a partial batch open: calls that come meanwhile join
+  // it, whatever share of the queue the worker had worked out before they came.
+  let mut config = config(1, 16);
+  config.policy.max_wait = Duration::from_millis(300);
+  let pool = pool_with(&config, sim());
+  let warm = vec!["measures the worker's speed".to_owned()];
+  assert_eq!(embed(&pool, &warm).unwrap(), expected(&warm));
+  // Of one length: the default padding rule would keep texts of different lengths apart.
+  let (first, second) = (vec!["first caller".to_owned()], vec!["other caller".to_owned()]);
+  let (_a, answer_a) = submit(&pool, &first, SubmitOptions::default()).unwrap();
+  thread::sleep(Duration::from_millis(30));
+  let (_b, answer_b) = submit(&pool, &second, SubmitOptions::default()).unwrap();
+  assert_eq!(answer_a.recv().unwrap().unwrap(), expected(&first));
+  assert_eq!(answer_b.recv().unwrap().unwrap(), expected(&second));
+  let stats = pool.stats();
+  assert_eq!((stats.items(), stats.batches()), (3, 2), "the two calls ran in one batch");
 }

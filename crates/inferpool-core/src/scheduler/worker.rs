@@ -318,13 +318,7 @@ impl WorkerThread {
       return None;
     }
     let seq2seq = self.registry.models[model].config.kind == crate::ModelKind::Seq2Seq;
-    let share = if seq2seq { usize::MAX } else { self.share(model) };
-    let mut budget = self.models[model].budget.tokens().min(share);
-    // A cohort's rows are split by count, below, not by tokens.
-    if !seq2seq && self.shared().models[model].token_speed.load(Ordering::Relaxed) == 0 {
-      // Speed not measured yet: a smaller first batch measures it.
-      budget = budget.div_ceil(policy.first_batch_divisor.max(1));
-    }
+    let mut budget = self.batch_budget(model, seq2seq);
     self.tick += 1;
     let bulk_first =
       policy.fairness_interval > 0 && self.tick.is_multiple_of(u64::from(policy.fairness_interval));
@@ -362,6 +356,8 @@ impl WorkerThread {
           }
           let wait = window.saturating_sub(waited);
           self.registry.sleep.sleep(self.index, seen, Some(wait));
+          // What arrived meanwhile is queued too: this worker's share has grown with it.
+          budget = self.batch_budget(model, seq2seq);
           continue;
         }
       }
@@ -399,6 +395,19 @@ impl WorkerThread {
       }
       return Some(selection.batch);
     }
+  }
+
+  /// The tokens this worker's next batch of `model` may hold: its token budget, at most its
+  /// share of what is queued (steps 3 and 4 of the module docs).
+  fn batch_budget(&self, model: usize, seq2seq: bool) -> usize {
+    // A cohort's rows are split by count, not by tokens.
+    let share = if seq2seq { usize::MAX } else { self.share(model) };
+    let budget = self.models[model].budget.tokens().min(share);
+    if !seq2seq && self.shared().models[model].token_speed.load(Ordering::Relaxed) == 0 {
+      // Speed not measured yet: a smaller first batch measures it.
+      return budget.div_ceil(self.registry.config.policy.first_batch_divisor.max(1));
+    }
+    budget
   }
 
   /// Collects candidates of `model`: interactive items first (unless it is bulk's turn), else
