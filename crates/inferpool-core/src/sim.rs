@@ -114,6 +114,40 @@ impl SimBackend {
     Ok(())
   }
 
+  /// One batch: its failures, its cost (slept) and its rows.
+  fn run_batch(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<(), BackendError> {
+    let contains = |needle: &[u8]| {
+      batch.iter().any(|item| {
+        item
+          .ids
+          .windows(needle.len())
+          .any(|w| w.iter().copied().eq(needle.iter().map(|&b| u32::from(b))))
+      })
+    };
+    assert!(!contains(b"panic"), "simulated panic");
+    if contains(b"fail") {
+      return Err(BackendError::new(BackendErrorKind::Run, "simulated failure"));
+    }
+    let padded = batch.iter().map(|item| item.len().max(1)).max().unwrap_or(0) * batch.len();
+    if self.memory_tokens.is_some_and(|limit| padded > limit) {
+      return Err(BackendError::new(
+        BackendErrorKind::OutOfMemory,
+        format!("{padded} tokens do not fit"),
+      ));
+    }
+    if self.flaky > 0.0 && self.draw() < self.flaky {
+      return Err(BackendError::new(BackendErrorKind::Run, "simulated transient failure"));
+    }
+    let cost = self.cost(padded);
+    if !cost.is_zero() {
+      std::thread::sleep(cost);
+    }
+    for (item, row) in batch.iter().zip(out.chunks_exact_mut(self.dimension)) {
+      write_row(item, row);
+    }
+    Ok(())
+  }
+
   /// Next pseudo-random number in [0, 1).
   #[expect(clippy::cast_precision_loss, reason = "53 random bits")]
   fn draw(&mut self) -> f64 {
@@ -161,42 +195,6 @@ impl Backend for SimBackend {
 
   fn placement(&self) -> Placement {
     self.placement.clone()
-  }
-}
-
-impl SimBackend {
-  /// One batch: its failures, its cost (slept) and its rows.
-  fn run_batch(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<(), BackendError> {
-    let contains = |needle: &[u8]| {
-      batch.iter().any(|item| {
-        item
-          .ids
-          .windows(needle.len())
-          .any(|w| w.iter().copied().eq(needle.iter().map(|&b| u32::from(b))))
-      })
-    };
-    assert!(!contains(b"panic"), "simulated panic");
-    if contains(b"fail") {
-      return Err(BackendError::new(BackendErrorKind::Run, "simulated failure"));
-    }
-    let padded = batch.iter().map(|item| item.len().max(1)).max().unwrap_or(0) * batch.len();
-    if self.memory_tokens.is_some_and(|limit| padded > limit) {
-      return Err(BackendError::new(
-        BackendErrorKind::OutOfMemory,
-        format!("{padded} tokens do not fit"),
-      ));
-    }
-    if self.flaky > 0.0 && self.draw() < self.flaky {
-      return Err(BackendError::new(BackendErrorKind::Run, "simulated transient failure"));
-    }
-    let cost = self.cost(padded);
-    if !cost.is_zero() {
-      std::thread::sleep(cost);
-    }
-    for (item, row) in batch.iter().zip(out.chunks_exact_mut(self.dimension)) {
-      write_row(item, row);
-    }
-    Ok(())
   }
 }
 

@@ -28,9 +28,10 @@
 //!    to its deque in length order, where idle workers can steal it.
 //! 6. The batch runs outside every lock, under `catch_unwind`; one that starts while every other
 //!    worker is idle and nothing is queued may be spread over their cores, which then start no
-//!    batch until it ends ([`spread`]). Rows go to their requests by index. On failure: out-of-memory halves the budget and requeues the items; invalid input
-//!    fails their requests; any other error (or a panic) requeues the items for another worker
-//!    up to `max_attempts`, and the worker backs off exponentially until it succeeds again.
+//!    batch until it ends ([`spread`]). Rows go to their requests by index. On failure:
+//!    out-of-memory halves the budget and requeues the items; invalid input fails their requests;
+//!    any other error (or a panic) requeues the items for another worker up to `max_attempts`,
+//!    and the worker backs off exponentially until it succeeds again.
 //! 7. Items of answered requests (failed, cancelled) and items past their deadline are dropped
 //!    when a worker meets them; they never run. A worker that unloads a model first moves its
 //!    deque for that model back to the injectors, so no item is lost or run twice.
