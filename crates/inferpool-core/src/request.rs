@@ -56,8 +56,10 @@ pub struct SubmitOptions {
 /// after the reply.
 pub type TokenCounts = Arc<OnceLock<Vec<usize>>>;
 
-/// A request's progress report: `report(done)` is called from a worker thread, outside every
-/// lock, each time another `every` items are done.
+/// A request's progress report: `report(done)` is called from a worker thread each time another
+/// `every` items are done. It is called under the request's lock, so that its reports come in
+/// order and all of them before the reply, whichever workers run the items: it must return
+/// quickly and must not call into the pool.
 #[derive(Clone)]
 pub struct Progress {
   /// Items between two reports (at least 1).
@@ -158,7 +160,7 @@ impl Request {
   /// Writes row `index`; answers the request when it was the last one.
   pub(crate) fn complete_row(&self, index: usize, row: &[f32]) {
     let width = row.len();
-    let done = {
+    let answer = {
       let mut state = self.state.lock().expect("request lock poisoned. This is a bug.");
       if state.reply.is_none() {
         return;
@@ -171,21 +173,20 @@ impl Request {
       state.remaining -= 1;
       if state.remaining == 0 {
         let data = std::mem::take(&mut state.data);
-        Self::take_reply(&mut state, &self.finished).map(|reply| Ok((reply, data)))
+        Self::take_reply(&mut state, &self.finished).map(|reply| (reply, data))
       } else {
         let done = self.items - state.remaining;
-        let due = self.progress.as_ref().is_some_and(|p| done.is_multiple_of(p.every.max(1)));
-        due.then_some(Err(done))
-      }
-    };
-    match done {
-      Some(Ok((reply, data))) => reply(Ok(data)),
-      Some(Err(done)) => {
-        if let Some(progress) = &self.progress {
+        if let Some(progress) =
+          self.progress.as_ref().filter(|p| done.is_multiple_of(p.every.max(1)))
+        {
+          // Under the lock: reports of two workers cannot cross, nor the reply overtake one.
           (progress.report)(done);
         }
+        None
       }
-      None => {}
+    };
+    if let Some((reply, data)) = answer {
+      reply(Ok(data));
     }
   }
 

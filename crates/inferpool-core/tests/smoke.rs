@@ -209,6 +209,43 @@ fn progress_is_reported_every_n_items_of_one_request() {
 }
 
 #[test]
+fn progress_of_many_workers_comes_in_order_and_before_the_answer() {
+  use std::sync::Mutex;
+
+  use inferpool_core::Progress;
+  for round in 0..5 {
+    let pool = pool_with(&config(4, 4), sim());
+    // `0` stands for the answer: it must come after every report, and the reports in order.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let options = SubmitOptions {
+      progress: Some(Progress {
+        every: 5,
+        report: Arc::new(move |done| sink.lock().unwrap().push(done)),
+      }),
+      ..SubmitOptions::default()
+    };
+    let texts: Vec<String> = (0..400).map(|i| format!("round {round} text {i}")).collect();
+    let answered = Arc::clone(&seen);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ticket = pool
+      .submit(
+        &texts,
+        options,
+        Box::new(move |outcome| {
+          answered.lock().unwrap().push(0);
+          tx.send(outcome).unwrap();
+        }),
+      )
+      .unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap().unwrap(), expected(&texts));
+    let mut wanted: Vec<usize> = (1..80).map(|n| n * 5).collect();
+    wanted.push(0);
+    assert_eq!(*seen.lock().unwrap(), wanted, "round {round}");
+  }
+}
+
+#[test]
 fn reports_token_counts_of_the_items_it_ran() {
   let pool = pool(2, sim());
   let texts: Vec<String> = vec!["a".to_owned(), "four".to_owned(), String::new(), "x".repeat(70)];
