@@ -187,21 +187,21 @@ fn a_call_handle_cancels_before_and_after_the_submit() {
   assert_eq!(pool.stats().outstanding, 0);
 }
 
+/// Options whose progress reports, every `every` items, are pushed to the list returned.
+fn recording_progress(every: usize) -> (SubmitOptions, Arc<std::sync::Mutex<Vec<usize>>>) {
+  let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+  let sink = Arc::clone(&seen);
+  let progress = inferpool_core::Progress {
+    every,
+    report: Arc::new(move |done| sink.lock().unwrap().push(done)),
+  };
+  (SubmitOptions { progress: Some(progress), ..SubmitOptions::default() }, seen)
+}
+
 #[test]
 fn progress_is_reported_every_n_items_of_one_request() {
-  use std::sync::Mutex;
-
-  use inferpool_core::Progress;
   let pool = pool_with(&config(1, 2), sim());
-  let seen = Arc::new(Mutex::new(Vec::new()));
-  let sink = Arc::clone(&seen);
-  let options = SubmitOptions {
-    progress: Some(Progress {
-      every: 3,
-      report: Arc::new(move |done| sink.lock().unwrap().push(done)),
-    }),
-    ..SubmitOptions::default()
-  };
+  let (options, seen) = recording_progress(3);
   let texts: Vec<String> = (0..10).map(|i| format!("text {i}")).collect();
   let (_, rx) = submit(&pool, &texts, options).unwrap();
   assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap(), expected(&texts));
@@ -210,21 +210,10 @@ fn progress_is_reported_every_n_items_of_one_request() {
 
 #[test]
 fn progress_of_many_workers_comes_in_order_and_before_the_answer() {
-  use std::sync::Mutex;
-
-  use inferpool_core::Progress;
   for round in 0..5 {
     let pool = pool_with(&config(4, 4), sim());
     // `0` stands for the answer: it must come after every report, and the reports in order.
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&seen);
-    let options = SubmitOptions {
-      progress: Some(Progress {
-        every: 5,
-        report: Arc::new(move |done| sink.lock().unwrap().push(done)),
-      }),
-      ..SubmitOptions::default()
-    };
+    let (options, seen) = recording_progress(5);
     let texts: Vec<String> = (0..400).map(|i| format!("round {round} text {i}")).collect();
     let answered = Arc::clone(&seen);
     let (tx, rx) = std::sync::mpsc::channel();
