@@ -65,12 +65,19 @@ pub trait Backend: Send + 'static {
     self.run(batch, out).map(|()| false)
   }
 
-  /// Whether [`Backend::run_alone`] may spread a batch over the cores of the other workers whose
-  /// backends can too (those sharing the same cores). While it does, those workers run no batch
-  /// of their own: one would take a core from the spread batch's threads and stall it. The
-  /// default: no.
+  /// Whether [`Backend::run_alone`] may spread a batch over the cores of the other workers. While
+  /// it does, the workers whose backends run on those cores ([`Backend::shares_cores`]) run
+  /// nothing of their own: it would take a core from the spread batch's threads and stall it.
+  /// The default: no.
   fn can_spread(&self) -> bool {
     false
+  }
+
+  /// Whether its runs (batches, encoder batches, decoder steps) use the cores a spread batch
+  /// spreads over, the CPU's: its worker then waits for a spread batch to end before it runs
+  /// anything. A backend that can spread does. The default: [`Backend::can_spread`].
+  fn shares_cores(&self) -> bool {
+    self.can_spread()
   }
 
   /// The encoder-decoder side of a backend of a seq2seq model ([`crate::ModelKind::Seq2Seq`]):

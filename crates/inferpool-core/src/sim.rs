@@ -208,6 +208,10 @@ pub struct SimSeq2Seq {
   pub per_step: Duration,
   /// Cost of encoding one prompt.
   pub per_prompt: Duration,
+  /// What [`Backend::shares_cores`] reports.
+  pub shares_cores: bool,
+  /// Where every encoder batch and decoder step is recorded, when set.
+  pub log: Option<Arc<Mutex<Vec<SimRun>>>>,
 }
 
 /// Vocabulary of [`SimSeq2Seq`]; token 0 starts decoding, token 1 is EOS.
@@ -249,6 +253,24 @@ impl Backend for SimSeq2Seq {
   fn seq2seq(&mut self) -> Option<&mut dyn crate::Seq2Seq> {
     Some(self)
   }
+
+  fn shares_cores(&self) -> bool {
+    self.shares_cores
+  }
+}
+
+impl SimSeq2Seq {
+  /// Sleeps `cost` and records it in `log`, if set.
+  fn spend(&self, cost: Duration) {
+    let started = Instant::now();
+    if !cost.is_zero() {
+      std::thread::sleep(cost);
+    }
+    if let Some(log) = &self.log {
+      let run = SimRun { started, ended: Instant::now(), spread: false };
+      log.lock().unwrap_or_else(PoisonError::into_inner).push(run);
+    }
+  }
 }
 
 impl crate::Seq2Seq for SimSeq2Seq {
@@ -268,7 +290,7 @@ impl crate::Seq2Seq for SimSeq2Seq {
     &mut self,
     batch: &[&TokenizedText],
   ) -> Result<Box<dyn crate::DecodeState>, BackendError> {
-    std::thread::sleep(self.per_prompt * u32::try_from(batch.len()).unwrap_or(u32::MAX));
+    self.spend(self.per_prompt * u32::try_from(batch.len()).unwrap_or(u32::MAX));
     let rows = batch
       .iter()
       .map(|item| {
@@ -291,9 +313,7 @@ impl crate::Seq2Seq for SimSeq2Seq {
     let state = state
       .downcast_mut::<SimRows>()
       .ok_or_else(|| BackendError::new(BackendErrorKind::Run, "not a state of this backend"))?;
-    if !self.per_step.is_zero() {
-      std::thread::sleep(self.per_step);
-    }
+    self.spend(self.per_step);
     logits.clear();
     logits.resize(tokens.len() * SIM_VOCABULARY, 0.0);
     for (((expected, steps, fails), &fed), row) in

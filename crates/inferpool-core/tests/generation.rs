@@ -375,8 +375,11 @@ fn one_worker_switches_between_an_embedding_and_a_generation_model() {
 
 #[test]
 fn a_burst_of_prompts_decodes_in_few_large_cohorts() {
-  let seq2seq =
-    SimSeq2Seq { per_step: Duration::from_millis(1), per_prompt: Duration::from_micros(200) };
+  let seq2seq = SimSeq2Seq {
+    per_step: Duration::from_millis(1),
+    per_prompt: Duration::from_micros(200),
+    ..SimSeq2Seq::default()
+  };
   let pool = mixed_pool(&config(2, 64), seq2seq);
   // Long enough that every row decodes as many steps: rows per step is the cohort size.
   let prompts: Vec<String> = (0..64).map(|i| format!("long prompt {i}")).collect();

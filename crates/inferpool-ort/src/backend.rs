@@ -320,6 +320,10 @@ impl Backend for OrtBackend {
     self.lone.is_some()
   }
 
+  fn shares_cores(&self) -> bool {
+    self.device == Device::Cpu
+  }
+
   fn run(&mut self, batch: &[&TokenizedText], out: &mut [f32]) -> Result<(), BackendError> {
     let expected = self.hidden;
     let SessionOptions { pooling, normalize: unit, .. } = self.options;

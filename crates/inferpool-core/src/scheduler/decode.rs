@@ -97,6 +97,7 @@ impl WorkerThread {
     shared.in_flight_tokens.fetch_add(tokens, Ordering::Relaxed);
     shared.served_at.store(registry.nanos_since_epoch(), Ordering::Relaxed);
     self.set_state(WorkerState::Busy);
+    self.keep_off_spread_cores(model);
     let started = Instant::now();
     for item in &batch {
       shared
@@ -207,6 +208,7 @@ impl WorkerThread {
     let inputs: Vec<u32> =
       cohort.rows.iter().map(|row| row.tokens.last().copied().unwrap_or(start)).collect();
     self.set_state(WorkerState::Busy);
+    self.keep_off_spread_cores(model);
     let started = Instant::now();
     let mut logits = std::mem::take(&mut self.logits);
     let slot = self.models[model].slot.as_mut().expect("a cohort decodes on a loaded model");

@@ -32,11 +32,7 @@ impl WorkerThread {
     shared_model.in_flight_tokens.fetch_add(real, Ordering::Relaxed);
     shared_model.served_at.store(registry.nanos_since_epoch(), Ordering::Relaxed);
     self.set_state(WorkerState::Busy);
-    if self.models[model].slot.as_ref().is_some_and(|slot| slot.backend.can_spread()) {
-      // Marked busy first: a batch that starts spreading from now on sees it (module
-      // `spread`). One that spreads already holds these cores until it ends.
-      registry.spread.wait();
-    }
+    self.keep_off_spread_cores(model);
     let shared = &registry.workers[self.index];
     shared.batch_expected.store(self.predict(model, padded), Ordering::Relaxed);
     shared.batch_started.store(registry.nanos_since_epoch(), Ordering::Relaxed);
@@ -126,6 +122,15 @@ impl WorkerThread {
     match result {
       Ok(spread) => (Ok(()), spread),
       Err(error) => (Err(error), false),
+    }
+  }
+
+  /// Returns once no spread batch holds the cores `model`'s backend runs on (at once when it
+  /// runs elsewhere). Call after the worker is marked busy: a batch that starts spreading from
+  /// then on sees it (module `spread`); one that spreads already holds the cores until it ends.
+  pub(crate) fn keep_off_spread_cores(&self, model: usize) {
+    if self.models[model].slot.as_ref().is_some_and(|slot| slot.backend.shares_cores()) {
+      self.registry.spread.wait();
     }
   }
 

@@ -4,9 +4,10 @@
 //! cores too ([`crate::Backend::run_alone`]). A batch that another such worker started meanwhile
 //! would take one of those cores back, and the spread batch would wait for the thread it took it
 //! from: its run stalls until that batch ends, then the next, as long as work keeps coming. So a
-//! spread batch holds the cores until it ends: workers whose backends spread over the same cores
-//! ([`crate::Backend::can_spread`]) wait for it before they run a batch (it uses every core, so
-//! it is also the fastest way through the work that waits).
+//! spread batch holds the cores until it ends: every worker whose backend runs on those cores
+//! ([`crate::Backend::shares_cores`]) waits for it before it runs anything, an embedding batch,
+//! a seq2seq model's encoder batch or decoder step alike (it uses every core, so it is also the
+//! fastest way through the work that waits). Workers on a GPU do not wait.
 //!
 //! The protocol, which no interleaving can get wrong because both halves go through one mutex:
 //! - the spreading worker claims ([`Spread::claim`]), *then* checks that every other worker is

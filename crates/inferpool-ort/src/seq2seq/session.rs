@@ -230,6 +230,10 @@ impl Backend for Seq2SeqBackend {
   fn placement(&self) -> Placement {
     self.device.placement(self.fallback.as_deref())
   }
+
+  fn shares_cores(&self) -> bool {
+    self.device == Device::Cpu
+  }
 }
 
 impl Seq2Seq for Seq2SeqBackend {
