@@ -73,6 +73,14 @@ pub struct SimRun {
   pub spread: bool,
 }
 
+/// Records in `log`, when there is one, a run that began at `started` and ends now.
+fn record(log: Option<&Arc<Mutex<Vec<SimRun>>>>, started: Instant, spread: bool) {
+  if let Some(log) = log {
+    let run = SimRun { started, ended: Instant::now(), spread };
+    log.lock().unwrap_or_else(PoisonError::into_inner).push(run);
+  }
+}
+
 impl Default for SimBackend {
   fn default() -> Self {
     Self {
@@ -107,10 +115,7 @@ impl SimBackend {
   ) -> Result<(), BackendError> {
     let started = Instant::now();
     self.run_batch(batch, out)?;
-    if let Some(log) = &self.log {
-      let run = SimRun { started, ended: Instant::now(), spread };
-      log.lock().unwrap_or_else(PoisonError::into_inner).push(run);
-    }
+    record(self.log.as_ref(), started, spread);
     Ok(())
   }
 
@@ -266,10 +271,7 @@ impl SimSeq2Seq {
     if !cost.is_zero() {
       std::thread::sleep(cost);
     }
-    if let Some(log) = &self.log {
-      let run = SimRun { started, ended: Instant::now(), spread: false };
-      log.lock().unwrap_or_else(PoisonError::into_inner).push(run);
-    }
+    record(self.log.as_ref(), started, false);
   }
 }
 
